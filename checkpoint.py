@@ -1,0 +1,120 @@
+"""Checkpoints on disk: written atomically, loaded with errors that say what to do.
+
+A checkpoint is a dict saved by torch.save: model (canonical keys: no `_orig_mod.` or `module.`),
+model_args, optimizer, scaler, step, config, rng, loader, tokenizer, ... (see train.py).
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not fit; the message says what to do."""
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:  # Windows cannot open directories; its rename is durable enough
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """Write to path.tmp, fsync, then rename over path: a crash leaves the old file or the new one."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(path)
+
+
+def publish_copy(src: str, dst: str) -> None:
+    """Make dst an atomic copy of src: a hard link when the filesystem allows it (no extra bytes)."""
+    tmp = f"{dst}.tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    _fsync_dir(dst)
+
+
+def canonical_state_dict(state_dict: dict) -> dict:
+    """Strip the prefixes that torch.compile (`_orig_mod.`) and DDP (`module.`) add to keys."""
+    out = {}
+    for k, v in state_dict.items():
+        while k.startswith(("_orig_mod.", "module.")):
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
+
+
+def resolve(path_or_dir: str, which: str = "latest") -> str:
+    """The checkpoint file for a path, or for an out_dir and 'latest' / 'best'."""
+    if os.path.isdir(path_or_dir):
+        if which not in ("latest", "best"):
+            raise CheckpointError(f"--ckpt must be 'latest', 'best' or a file path, got {which!r}")
+        return os.path.join(path_or_dir, LATEST if which == "latest" else BEST)
+    return path_or_dir
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint on CPU (whatever device it was saved from), validating what it holds."""
+    if not os.path.exists(path):
+        folder = os.path.dirname(path) or "."
+        found = sorted(f for f in os.listdir(folder) if f.endswith(".pt")) if os.path.isdir(folder) else []
+        hint = f"{folder} holds {found}" if found else f"{folder} holds no checkpoints; train first"
+        raise CheckpointError(f"no checkpoint at {path} ({hint}); check --out_dir")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle errors, foreign formats
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is "
+            f"truncated, corrupt or not a fineweb-gpt checkpoint. Use {BEST} or an older copy, or retrain") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a fineweb-gpt checkpoint (it holds {keys}, not model + model_args)")
+    ckpt["model"] = canonical_state_dict(ckpt["model"])
+    return ckpt
+
+
+def rng_state() -> dict:
+    """Every RNG a training step may draw from, in a form torch.load(weights_only=True) accepts."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
+                                                              pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

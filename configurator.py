@@ -1,0 +1,153 @@
+"""Typed configuration: plain-Python config files plus --key=value, with no silent failures.
+
+    python train.py config/train_fineweb.py --batch_size=8 --compile=False
+
+Each script declares a dataclass whose fields are the keys (see `key`). Arguments apply in order:
+a path ending in .py is executed as a config file and every top-level name it assigns must be a
+key; `--key=value` overrides one key. Unknown keys name the closest valid key, type mismatches say
+what was expected, and `--help` lists every key with its type, default and meaning.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or on the command line."""
+
+
+def key(default: Any, help: str) -> Any:
+    """A config field with its one-line meaning, shown by --help."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(typ: Any) -> tuple[Any, bool]:
+    """(inner type, whether None is allowed) for X, Optional[X] and X | None."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return typ, False
+
+
+def _type_name(typ: Any) -> str:
+    inner, optional = _unwrap_optional(typ)
+    name = getattr(inner, "__name__", str(inner))
+    return f"{name} or None" if optional else name
+
+
+def _unknown_key(name: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else "run with --help to list the valid keys"
+    return ConfigError(f"unknown config key '{name}' {where}; {hint}")
+
+
+def coerce(name: str, value: Any, typ: Any, from_cli: bool) -> Any:
+    """Check `value` against the field type; a string from the command line is parsed first."""
+    inner, optional = _unwrap_optional(typ)
+    expected = f"'{name}' expects {_type_name(typ)}"
+    if from_cli:
+        if value == "None" and optional:
+            return None
+        if inner is str:
+            return value
+        if inner is bool and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{expected}, got {value!r}") from None
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{expected}, got None")
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+    elif inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 5e3 is a fine way to write 5000
+            return int(value)
+    elif inner is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif inner is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config field type {typ!r} for {name}")
+    raise ConfigError(f"{expected}, got {type(value).__name__} {value!r}")
+
+
+def _exec_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            source = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    namespace: dict[str, Any] = {}
+    exec(compile(source, path, "exec"), namespace)
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
+def help_text(cls: type, prog: str) -> str:
+    hints = _field_types(cls)
+    lines = [f"usage: {prog} [config_file.py ...] [--key=value ...]", "", "keys:"]
+    for f in dataclasses.fields(cls):
+        lines.append(f"  --{f.name}={f.default!r}  ({_type_name(hints[f.name])})  {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_config(cls: type, argv: list[str], prog: str = "train.py"):
+    """Build `cls` from config files and --key=value arguments (see module docstring).
+
+    Prints help and exits on --help / -h; raises ConfigError on any mistake.
+    """
+    hints = _field_types(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    for i, arg in enumerate(argv):
+        if arg in ("-h", "--help"):
+            print(help_text(cls, prog))
+            sys.exit(0)
+        if not arg.startswith("--"):
+            if not arg.endswith(".py"):
+                raise ConfigError(f"unexpected argument {arg!r}: pass config files (*.py) or --key=value")
+            for name, value in _exec_config_file(arg).items():
+                if name not in hints:
+                    raise _unknown_key(name, valid, f"in config file {arg}")
+                values[name] = coerce(name, value, hints[name], from_cli=False)
+            continue
+        name, sep, value = arg[2:].partition("=")
+        if name not in hints:
+            raise _unknown_key(name, valid, "on the command line")
+        if not sep:
+            nxt = argv[i + 1] if i + 1 < len(argv) else "VALUE"
+            raise ConfigError(f"write --{name}={nxt} (with '='), not '--{name} {nxt}'")
+        values[name] = coerce(name, value, hints[name], from_cli=True)
+    return cls(**values)
+
+
+def format_config(cfg: Any) -> str:
+    """One key per line, for printing the resolved config once at start-up."""
+    return "\n".join(f"  {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items())
+
+
+def cli(cls: type, prog: str, argv: list[str] | None = None):
+    """parse_config for a script's main: a mistake exits with the message, not a traceback."""
+    try:
+        return parse_config(cls, sys.argv[1:] if argv is None else argv, prog)
+    except ConfigError as e:
+        sys.exit(f"{prog}: config error: {e}")

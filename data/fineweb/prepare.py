@@ -1,0 +1,538 @@
+"""Tokenize FineWeb (or your own corpus) into uint16 token shards that train.py reads.
+
+    python data/fineweb/prepare.py                                   # download the default FineWeb shard
+    python data/fineweb/prepare.py --input='~/fineweb/*.parquet' --out_dir=data/fineweb
+    python data/fineweb/prepare.py --hf_repo=HuggingFaceFW/fineweb-edu --hf_files=sample/10BT/000_00000.parquet
+    python data/fineweb/prepare.py --hf_dataset=HuggingFaceFW/fineweb --hf_config=sample-10BT --max_docs=100000
+
+Documents stream in record batches (bounded memory), are tokenized with tiktoken on all cores, each
+followed by the end-of-text token, and are written whole into shards of about --shard_size tokens:
+first the validation split (the first --val_tokens tokens' worth of documents, or --val_docs
+documents), then train. Shards appear under their final name only when complete; after each one a
+small state file records where the next begins, so running the same command again resumes and
+writes byte-identical shards. meta.json is written last and marks the output as finished.
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import gzip
+import hashlib
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from configurator import cli, key  # noqa: E402
+from dataloader import header_for  # noqa: E402
+
+FORMAT_VERSION = 1
+STATE_FILE = ".prepare_state.json"
+SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".txt")
+
+
+@dataclass
+class PrepareConfig:
+    input: str = key("", "local files, folders or globs (.parquet, .jsonl, .jsonl.gz, .txt), comma-separated; "
+                         "empty = download --hf_files from --hf_repo")
+    out_dir: str = key(os.path.dirname(os.path.abspath(__file__)), "where shards and meta.json go")
+    prefix: str = key("fineweb", "shard name prefix: PREFIX_train_000001.bin, PREFIX_val_000000.bin")
+    hf_repo: str = key("HuggingFaceFW/fineweb", "Hugging Face dataset repo to download --hf_files from")
+    hf_files: str = key("sample/10BT/000_00000.parquet", "comma-separated files of --hf_repo to download")
+    hf_dataset: str = key("", "stream this Hugging Face dataset with `datasets` instead (no full download)")
+    hf_config: str = key("sample-10BT", "dataset config for --hf_dataset")
+    hf_split: str = key("train", "dataset split for --hf_dataset")
+    max_docs: int = key(0, "stop after this many documents (0 = all)")
+    text_column: str = key("text", "column (parquet) or field (jsonl) holding the text")
+    tokenizer: str = key("gpt2", "tiktoken encoding name")
+    shard_size: int = key(100_000_000, "tokens per shard (documents are never split, so shards may run over)")
+    val_tokens: int = key(10_000_000, "tokens of whole documents, from the start, in the val split")
+    val_docs: int = key(0, "if > 0: number of documents in the val split (overrides val_tokens)")
+    num_threads: int = key(0, "tokenizer threads (0 = all cores)")
+    batch_docs: int = key(1024, "documents read and tokenized per batch")
+    on_error: str = key("fail", "bad document/file: 'fail' stops (finished shards are kept), 'skip' reports and goes on")
+    overwrite: bool = key(False, "delete this prefix's shards, meta.json and state in out_dir and start over")
+    progress: bool = key(True, "show a progress bar")
+
+
+class PrepareError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+# ----------------------------------------------------------------------------- sources
+
+@dataclass
+class Source:
+    name: str        # path, or hf://dataset/config/split for a stream
+    size: int        # bytes on disk (0 for a stream)
+    rows: int | None  # documents, when known up front (parquet metadata)
+
+
+def expand_inputs(spec: str) -> list[str]:
+    """Files named by comma-separated paths, folders and globs, in a stable order."""
+    paths: list[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        part = os.path.expanduser(part)
+        if os.path.isdir(part):
+            found = sorted(p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True)
+                           if p.endswith(SUFFIXES))
+            if not found:
+                raise PrepareError(f"folder {part} holds no {', '.join(SUFFIXES)} files")
+        elif any(c in part for c in "*?["):
+            found = sorted(glob.glob(part, recursive=True))
+            if not found:
+                raise PrepareError(f"--input pattern {part!r} matches no files")
+        elif os.path.exists(part):
+            found = [part]
+        else:
+            raise PrepareError(f"input file {part} does not exist")
+        for p in found:
+            if not p.endswith(SUFFIXES):
+                raise PrepareError(f"{p}: unsupported file type; use {', '.join(SUFFIXES)}")
+        paths += found
+    return paths
+
+
+def download_hf_files(repo: str, files: str) -> list[str]:
+    """Local paths of repo files, downloaded by huggingface_hub (cached; interrupted downloads resume)."""
+    from huggingface_hub import hf_hub_download
+    paths = []
+    for name in [f.strip() for f in files.split(",") if f.strip()]:
+        try:
+            paths.append(hf_hub_download(repo_id=repo, filename=name, repo_type="dataset"))
+        except Exception as e:  # offline, missing file, auth: all end the same way for the user
+            raise PrepareError(
+                f"could not download {name} from the Hugging Face dataset {repo}: {type(e).__name__}: {e}\n"
+                f"Check your internet connection and the file name, or download the file yourself and "
+                f"pass --input=PATH") from None
+    return paths
+
+
+def parquet_rows(path: str) -> int | None:
+    """Row count from the footer, for the progress bar; None if unreadable (reported when read)."""
+    import pyarrow.parquet as pq
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:
+        return None
+
+
+def read_parquet(path: str, column: str, start: int, batch_docs: int) -> Iterator[list]:
+    """Batches of texts (None for nulls) from row `start` on, one record batch at a time."""
+    import pyarrow.parquet as pq
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise PrepareError(f"{path} has no column {column!r}; its columns are {names}; pass --text_column=NAME")
+    first_rg, before = 0, 0  # skip whole row groups on resume without decoding them
+    while first_rg < pf.num_row_groups and before + pf.metadata.row_group(first_rg).num_rows <= start:
+        before += pf.metadata.row_group(first_rg).num_rows
+        first_rg += 1
+    row = before
+    groups = list(range(first_rg, pf.num_row_groups))
+    if not groups:
+        return
+    for batch in pf.iter_batches(batch_size=batch_docs, row_groups=groups, columns=[column]):
+        texts = batch.column(0).to_pylist()
+        skip = max(0, start - row)
+        row += len(texts)
+        if skip < len(texts):
+            yield texts[skip:]
+
+
+def read_jsonl(path: str, column: str, start: int, batch_docs: int, report) -> Iterator[list]:
+    opener = gzip.open if path.endswith(".gz") else open
+    batch: list = []
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno - 1 < start:
+                continue
+            text = None
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict) or column not in obj:
+                    fields = list(obj) if isinstance(obj, dict) else type(obj).__name__
+                    report(f"{path}:{lineno}: no {column!r} field (has {fields}); pass --text_column=NAME")
+                else:
+                    text = obj[column]
+            except UnicodeDecodeError as e:
+                report(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}")
+            except json.JSONDecodeError as e:
+                report(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})")
+            batch.append(text)
+            if len(batch) == batch_docs:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def read_txt(path: str, start: int, report) -> Iterator[list]:
+    if start > 0:
+        return
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        yield [raw.decode("utf-8")]
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        report(f"{path}:{line}: invalid UTF-8 at byte {e.start}")
+        yield [None]
+
+
+def stream_hf_dataset(cfg: PrepareConfig, start: int) -> Iterator[list]:
+    """Stream documents with `datasets` (no full download)."""
+    try:
+        import datasets
+        ds = datasets.load_dataset(cfg.hf_dataset, name=cfg.hf_config or None, split=cfg.hf_split, streaming=True)
+        batch: list = []
+        for i, row in enumerate(ds):
+            if i < start:
+                continue
+            batch.append(row.get(cfg.text_column))
+            if len(batch) == cfg.batch_docs:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    except PrepareError:
+        raise
+    except Exception as e:
+        raise PrepareError(
+            f"could not stream {cfg.hf_dataset} ({cfg.hf_config}, {cfg.hf_split}): {type(e).__name__}: {e}\n"
+            f"Check your internet connection and the dataset name, or download parquet files and "
+            f"pass --input=PATH") from None
+
+
+def prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Run a reader in a thread so file decoding overlaps tokenization; re-raises its errors."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# ----------------------------------------------------------------------------- shards
+
+class ShardWriter:
+    """Writes one shard at a time under a temporary name; renames it when complete."""
+
+    def __init__(self, out_dir: str, prefix: str, dtype: np.dtype):
+        self.out_dir, self.prefix, self.dtype = out_dir, prefix, dtype
+        self.file = None
+
+    def open(self, split: str, index: int) -> None:
+        self.name = f"{self.prefix}_{split}_{index:06d}.bin"
+        self.tmp = os.path.join(self.out_dir, self.name + ".tmp")
+        self.file = open(self.tmp, "wb")
+        self.file.write(header_for(self.dtype, 0).tobytes())  # placeholder until the count is known
+        self.tokens = self.docs = 0
+
+    def write(self, tokens: np.ndarray, docs: int) -> None:
+        self.file.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self.tokens += len(tokens)
+        self.docs += docs
+
+    def close(self) -> dict:
+        """Finish the shard: real header, fsync, rename. Returns its manifest entry."""
+        self.file.seek(0)
+        self.file.write(header_for(self.dtype, self.tokens).tobytes())
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.file = None
+        os.replace(self.tmp, os.path.join(self.out_dir, self.name))
+        return {"file": self.name, "tokens": self.tokens, "docs": self.docs}
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def clean_out_dir(out_dir: str, prefix: str) -> None:
+    for pattern in (f"{prefix}_train_*.bin*", f"{prefix}_val_*.bin*", "meta.json", STATE_FILE):
+        for p in glob.glob(os.path.join(out_dir, pattern)):
+            os.remove(p)
+
+
+# ----------------------------------------------------------------------------- main job
+
+class Prepare:
+    """One run of the pipeline: sources -> tokens -> val shard(s) then train shards."""
+
+    def __init__(self, cfg: PrepareConfig):
+        import tiktoken
+        if cfg.on_error not in ("fail", "skip"):
+            raise PrepareError(f"--on_error must be 'fail' or 'skip', got {cfg.on_error!r}")
+        if cfg.val_tokens <= 0 and cfg.val_docs <= 0:
+            raise PrepareError("train.py evaluates on a val split: set --val_tokens or --val_docs above 0")
+        if cfg.shard_size <= 0 or cfg.batch_docs <= 0:
+            raise PrepareError("--shard_size and --batch_docs must be positive")
+        self.cfg = cfg
+        try:
+            self.enc = tiktoken.get_encoding(cfg.tokenizer)
+        except ValueError as e:
+            raise PrepareError(f"unknown tokenizer {cfg.tokenizer!r}: {e}") from None
+        except Exception as e:  # the BPE file is downloaded on first use
+            raise PrepareError(f"could not load tiktoken encoding {cfg.tokenizer!r} ({type(e).__name__}: {e}); "
+                               f"it is downloaded on first use: check your connection or TIKTOKEN_CACHE_DIR") from None
+        if self.enc.n_vocab > 2**32:
+            raise PrepareError(f"{cfg.tokenizer} has {self.enc.n_vocab} tokens; shards store at most uint32 ids")
+        # uint16 holds ids < 65536 (llm.c's format); larger vocabularies get llm.c's uint32 header
+        self.dtype = np.dtype(np.uint16 if self.enc.n_vocab <= 2**16 else np.uint32)
+        self.threads = cfg.num_threads or os.cpu_count() or 1
+        self.sources = self._resolve_sources()
+
+    def _resolve_sources(self) -> list[Source]:
+        cfg = self.cfg
+        if cfg.hf_dataset:
+            return [Source(f"hf://{cfg.hf_dataset}/{cfg.hf_config}/{cfg.hf_split}", 0, None)]
+        paths = expand_inputs(cfg.input) if cfg.input else download_hf_files(cfg.hf_repo, cfg.hf_files)
+        return [Source(p, os.path.getsize(p), parquet_rows(p) if p.endswith(".parquet") else None)
+                for p in paths]
+
+    def settings(self) -> dict:
+        keys = ("tokenizer", "text_column", "shard_size", "val_tokens", "val_docs", "max_docs", "prefix")
+        return {k: getattr(self.cfg, k) for k in keys}
+
+    # -- resume state
+
+    def _fresh_state(self) -> dict:
+        return {"settings": self.settings(), "sources": [], "cursor": [0, 0], "split": "val", "index": 0,
+                "shards": [], "docs": 0, "tokens": 0, "empty": 0, "errors": [], "split_tokens": 0,
+                "split_docs": 0, "source_docs": {}}
+
+    def _load_state(self) -> dict:
+        cfg = self.cfg
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if cfg.overwrite:
+            clean_out_dir(cfg.out_dir, cfg.prefix)
+        for p in glob.glob(os.path.join(cfg.out_dir, f"{cfg.prefix}_*.bin.tmp")):
+            os.remove(p)  # an interrupted shard; it is rewritten from the saved cursor
+        path = os.path.join(cfg.out_dir, STATE_FILE)
+        existing = glob.glob(os.path.join(cfg.out_dir, f"{cfg.prefix}_*_*.bin"))
+        if not os.path.exists(path):
+            if existing:
+                raise PrepareError(f"{cfg.out_dir} already holds {len(existing)} {cfg.prefix} shards but no "
+                                   f"resume state; pass --overwrite to replace them, or choose another --out_dir")
+            return self._fresh_state()
+        with open(path) as f:
+            state = json.load(f)
+        if state["settings"] != self.settings():
+            raise PrepareError(f"{cfg.out_dir} holds a run with other settings {state['settings']}; run the "
+                               f"same command to resume it, or pass --overwrite to start over")
+        done = state["sources"]
+        now = [[s.name, s.size] for s in self.sources[:len(done)]]
+        if now != done:
+            raise PrepareError(f"the inputs already tokenized into {cfg.out_dir} changed (was {done}, now {now}); "
+                               f"pass --overwrite to start over")
+        return state
+
+    def _save_state(self, state: dict, cursor: tuple[int, int]) -> None:
+        state["cursor"] = list(cursor)
+        state["sources"] = [[s.name, s.size] for s in self.sources[:cursor[0] + 1]]
+        write_json_atomic(os.path.join(self.cfg.out_dir, STATE_FILE), state)
+
+    # -- reading
+
+    def _report(self, message: str) -> None:
+        if self.cfg.on_error == "fail":
+            raise PrepareError(message + "\n(pass --on_error=skip to skip bad documents and files and go on)")
+        if message in self.state["errors"]:  # seen before the resume cursor in an earlier run
+            return
+        self.state["errors"].append(message)
+        if len(self.state["errors"]) <= 20:
+            print(f"skipped: {message}", file=sys.stderr)
+
+    def _read(self, source: Source, start: int) -> Iterator[list]:
+        cfg = self.cfg
+        if source.name.startswith("hf://"):
+            return stream_hf_dataset(cfg, start)
+        if source.name.endswith(".parquet"):
+            return read_parquet(source.name, cfg.text_column, start, cfg.batch_docs)
+        if source.name.endswith(".txt"):
+            return read_txt(source.name, start, self._report)
+        return read_jsonl(source.name, cfg.text_column, start, cfg.batch_docs, self._report)
+
+    def documents(self, state: dict) -> Iterator[tuple[int, int, list]]:
+        """(source index, row of the first text, texts) from the saved cursor on."""
+        first_src, first_row = state["cursor"]
+        for si in range(first_src, len(self.sources)):
+            src = self.sources[si]
+            row = first_row if si == first_src else 0
+            try:
+                for texts in prefetch(self._read(src, row)):
+                    yield si, row, texts
+                    row += len(texts)
+            except PrepareError:
+                raise
+            except (OSError, EOFError, ValueError, zlib.error) as e:  # corrupt/truncated; ArrowInvalid is a ValueError
+                self._report(f"{src.name}: unreadable after {row} documents ({type(e).__name__}: {e}); "
+                             f"the file is corrupt or truncated, re-download it")
+
+    # -- the job
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.state = state = self._load_state()
+        meta_path = os.path.join(cfg.out_dir, "meta.json")
+        if os.path.exists(meta_path) and os.path.exists(os.path.join(cfg.out_dir, STATE_FILE)) \
+                and state.get("finished"):
+            print(f"{cfg.out_dir} is already complete ({state['tokens']:,} tokens); --overwrite to redo it")
+            with open(meta_path) as f:
+                return json.load(f)
+        writer = ShardWriter(cfg.out_dir, cfg.prefix, self.dtype)
+        eot = self.enc.eot_token
+        t0, docs0, tokens0 = time.time(), state["docs"], state["tokens"]
+        known = [s.rows for s in self.sources]
+        total = sum(known) if None not in known else None
+        if cfg.max_docs:
+            total = min(total, cfg.max_docs) if total else cfg.max_docs
+        bar = _progress(cfg.progress, total, state["docs"] + state["empty"] + len(state["errors"]))
+        writer.open(state["split"], state["index"])
+        try:
+            for si, row, texts in self.documents(state):
+                ids = iter(self.enc.encode_ordinary_batch([t for t in texts if t], num_threads=self.threads))
+                for j, text in enumerate(texts):  # in row order, so the saved cursor and counts agree
+                    if not text:
+                        state["empty"] += 1
+                        continue
+                    if cfg.max_docs and state["docs"] + writer.docs >= cfg.max_docs:
+                        break
+                    self._add(state, writer, si, row + j, np.array(next(ids) + [eot], dtype=np.int64))
+                bar.update(len(texts))
+                rate = (state["tokens"] + writer.tokens - tokens0) / max(time.time() - t0, 1e-9)
+                bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+                if cfg.max_docs and state["docs"] + writer.docs >= cfg.max_docs:
+                    break
+            if writer.tokens:
+                state["shards"].append({"split": state["split"], **writer.close()})
+            else:
+                writer.abort()
+        except OSError as e:
+            writer.abort()
+            if e.errno == errno.ENOSPC:
+                raise PrepareError(f"disk full in {cfg.out_dir}: the unfinished shard was removed and the "
+                                   f"{len(state['shards'])} finished shards are kept; free space and run the "
+                                   f"same command again to resume") from None
+            raise
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            bar.close()
+        state["docs"] = sum(s["docs"] for s in state["shards"])
+        state["tokens"] = sum(s["tokens"] for s in state["shards"])
+        if not any(s["split"] == "train" for s in state["shards"]):
+            raise PrepareError(f"all {state['docs']:,} documents ({state['tokens']:,} tokens) went to the val split; "
+                               f"pass --overwrite with a smaller --val_tokens (or --val_docs)")
+        meta = self._meta(state)
+        write_json_atomic(meta_path, meta)
+        state["finished"] = True
+        self._save_state(state, (len(self.sources) - 1, 0))
+        self._summary(state, time.time() - t0, state["docs"] - docs0, state["tokens"] - tokens0)
+        return meta
+
+    def _add(self, state: dict, writer: ShardWriter, si: int, row: int, doc: np.ndarray) -> None:
+        """Append one document, first finishing the current shard if the doc starts a new one."""
+        cfg = self.cfg
+        val_full = state["split"] == "val" and (
+            writer.docs >= cfg.val_docs if cfg.val_docs > 0 else writer.tokens >= cfg.val_tokens)
+        if writer.tokens and (val_full or writer.tokens + len(doc) > cfg.shard_size):
+            # the shard ends before this document; the saved cursor points at it
+            entry = writer.close()
+            state["shards"].append({"split": state["split"], **entry})
+            state["docs"] += entry["docs"]
+            state["tokens"] += entry["tokens"]
+            if val_full:
+                state["split"], state["index"] = "train", max(state["index"] + 1, 1)
+            else:
+                state["index"] += 1
+            self._save_state(state, (si, row))
+            writer.open(state["split"], state["index"])
+        writer.write(doc, 1)
+        state["source_docs"][str(si)] = state["source_docs"].get(str(si), 0) + 1
+
+    def _meta(self, state: dict) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": self.cfg.tokenizer,
+            "vocab_size": self.enc.n_vocab,
+            "eot_id": self.enc.eot_token,
+            "dtype": self.dtype.name,
+            "header": {"magic": int(header_for(self.dtype, 0)[0]), "version": int(header_for(self.dtype, 0)[1]),
+                       "ints": 256},
+            "settings": self.settings(),
+            "sources": [{"name": s.name, "bytes": s.size, "docs": state["source_docs"].get(str(i), 0)}
+                        for i, s in enumerate(self.sources)],
+            "shards": state["shards"],
+            "docs": state["docs"],
+            "tokens": state["tokens"],
+            "skipped_empty": state["empty"],
+            "skipped_errors": state["errors"],
+        }
+
+    def _summary(self, state: dict, seconds: float, docs: int, tokens: int) -> None:
+        splits = {sp: sum(s["tokens"] for s in state["shards"] if s["split"] == sp) for sp in ("train", "val")}
+        print(f"done: {state['docs']:,} documents, {state['tokens']:,} tokens "
+              f"(train {splits['train']:,}, val {splits['val']:,}) in {len(state['shards'])} shards in {self.cfg.out_dir}")
+        print(f"skipped: {state['empty']:,} empty/null documents, {len(state['errors'])} bad documents/files")
+        print(f"this run: {docs:,} documents, {tokens:,} tokens in {seconds:.1f}s = {tokens / max(seconds, 1e-9):,.0f} tokens/s "
+              f"on {self.threads} threads")
+
+
+def _progress(enabled: bool, total: int | None, initial: int):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="doc", disable=not enabled, dynamic_ncols=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = cli(PrepareConfig, "prepare.py", argv)
+    try:
+        return Prepare(cfg).run()
+    except PrepareError as e:
+        sys.exit(f"prepare.py: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("prepare.py: interrupted; finished shards are kept. Run the same command again to resume.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Token shards on disk and the loaders that feed train.py.
+
+Shard format (llm.c / modded-nanogpt): a header of 256 little-endian int32
+(magic, version, token count, zeros), then the tokens.
+  magic 20240520, version 1: uint16 tokens (GPT-2 and any vocabulary < 65536)
+  magic 20240801, version 7: uint32 tokens (larger vocabularies, llm.c's llama-3 header)
+The standard pre-tokenized FineWeb shards published for llm.c and modded-nanogpt read unchanged.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+FORMATS = {  # (magic, version) -> token dtype
+    (20240520, 1): np.dtype(np.uint16),
+    (20240801, 7): np.dtype(np.uint32),
+}
+PREPARE_HINT = "re-run data/fineweb/prepare.py (the same command resumes; --overwrite starts over)"
+
+
+class ShardError(ValueError):
+    """A shard file is missing, truncated or not in the expected format."""
+
+
+def header_for(dtype: np.dtype, num_tokens: int) -> np.ndarray:
+    """The 256-int32 header for a shard of `num_tokens` tokens of `dtype`."""
+    for (magic, version), dt in FORMATS.items():
+        if dt == np.dtype(dtype):
+            header = np.zeros(HEADER_INTS, dtype="<i4")
+            header[0:3] = (magic, version, num_tokens)
+            return header
+    raise ValueError(f"no shard format stores {np.dtype(dtype)} tokens; use uint16 or uint32")
+
+
+def read_header(path: str) -> tuple[np.dtype, int]:
+    """Validate a shard's header against its size; return (token dtype, token count)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
+    except OSError as e:
+        raise ShardError(f"cannot read shard {path}: {e.strerror}; {PREPARE_HINT}") from None
+    if header.size < 3:
+        raise ShardError(f"{path} is {size} bytes, too short for a shard header; {PREPARE_HINT}")
+    magic, version, count = (int(v) for v in header[:3])
+    dtype = FORMATS.get((magic, version))
+    if dtype is None:
+        raise ShardError(
+            f"{path}: unknown shard header (magic {magic}, version {version}); expected one of "
+            f"{sorted(FORMATS)} as written by prepare.py or llm.c. Is this a raw .bin from nanoGPT's "
+            f"prepare.py (no header)? {PREPARE_HINT}")
+    expected = HEADER_BYTES + count * dtype.itemsize
+    if size != expected:
+        raise ShardError(
+            f"{path}: header says {count:,} tokens ({expected:,} bytes) but the file is {size:,} bytes; "
+            f"the file is truncated or corrupt; {PREPARE_HINT}")
+    return dtype, count
+
+
+def open_shard(path: str) -> np.memmap:
+    """Memory-map a shard's tokens after validating its header."""
+    dtype, count = read_header(path)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def find_shards(data_dir: str, split: str) -> list[str]:
+    """Sorted shard paths of a split ('train' or 'val') in data_dir, with a clear error if none."""
+    if not os.path.isdir(data_dir):
+        raise ShardError(f"data directory {data_dir!r} does not exist; run data/fineweb/prepare.py "
+                         f"--out_dir={data_dir} first, or set data_dir to where your shards are")
+    state = os.path.join(data_dir, ".prepare_state.json")
+    if os.path.exists(state) and not os.path.exists(os.path.join(data_dir, "meta.json")):
+        raise ShardError(f"{data_dir}: prepare.py was interrupted before it finished; {PREPARE_HINT}")
+    paths = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
+    if not paths:
+        raise ShardError(f"no {split} shards (*_{split}_*.bin) in {data_dir}; {PREPARE_HINT}")
+    return paths
+
+
+def read_meta(data_dir: str) -> dict:
+    """prepare.py's meta.json, or {} for shards from elsewhere (llm.c's are GPT-2 tokens)."""
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def to_device(x: np.ndarray, device: str) -> torch.Tensor:
+    """int64 tensor on device; pinned + non_blocking on CUDA so the copy overlaps compute."""
+    t = torch.from_numpy(x.astype(np.int64))
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+@dataclass
+class _Windows:
+    """Non-overlapping windows of block_size+1 tokens over a list of memmapped shards."""
+    shards: list[np.memmap]
+    block_size: int
+
+    def __post_init__(self):
+        # window i of shard s covers tokens [i*T, i*T + T + 1): the target of the last position is the next token
+        counts = [max(0, (len(s) - 1) // self.block_size) for s in self.shards]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.total = int(self.starts[-1])
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        T = self.block_size
+        out = np.empty((len(indices), T + 1), dtype=np.int64)
+        shard_ids = np.searchsorted(self.starts, indices, side="right") - 1
+        for row, (idx, s) in enumerate(zip(indices, shard_ids)):
+            off = (int(idx) - int(self.starts[s])) * T
+            out[row] = self.shards[s][off:off + T + 1]
+        return out
+
+
+class TrainLoader:
+    """Shuffled training batches: every window once per epoch, disjoint across DDP ranks.
+
+    The global stream of windows is a fixed function of (seed, epoch), and `position` counts the
+    windows consumed by all ranks together. Each micro-step every rank takes the next
+    world_size*batch_size windows and keeps its own slice, so a run with W ranks and a run with one
+    rank and W times the accumulation see the same windows per optimizer step, and a resumed run
+    (position restored) sees exactly the windows it would have seen.
+    """
+
+    def __init__(self, data_dir: str, batch_size: int, block_size: int, seed: int = 1337,
+                 rank: int = 0, world_size: int = 1, device: str = "cpu"):
+        self.windows = _Windows([open_shard(p) for p in find_shards(data_dir, "train")], block_size)
+        if self.windows.total < batch_size * world_size:
+            n_tok = sum(len(s) for s in self.windows.shards)
+            raise ValueError(
+                f"the train split has {n_tok:,} tokens = {self.windows.total} windows of block_size+1="
+                f"{block_size + 1}, fewer than one global micro-batch of batch_size*world_size="
+                f"{batch_size * world_size}; prepare more data or lower batch_size/block_size")
+        self.B, self.seed, self.rank, self.world_size, self.device = batch_size, seed, rank, world_size, device
+        self.position = 0
+        self._perm_epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            dtype = np.int32 if self.windows.total < 2**31 else np.int64  # halves memory for big corpora
+            self._perm = rng.permutation(self.windows.total).astype(dtype)
+            self._perm_epoch = epoch
+        return self._perm
+
+    @property
+    def epoch(self) -> float:
+        return self.position / self.windows.total
+
+    def _indices(self, start: int, n: int) -> np.ndarray:
+        total = self.windows.total
+        g = np.arange(start, start + n)
+        out = np.empty(n, dtype=np.int64)
+        for epoch in np.unique(g // total):  # a batch may straddle an epoch boundary
+            sel = (g // total) == epoch
+            out[sel] = self._permutation(int(epoch))[g[sel] % total]
+        return out
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (batch_size, block_size) int64 on the loader's device."""
+        start = self.position + self.rank * self.B
+        self.position += self.world_size * self.B
+        xy = self.windows.gather(self._indices(start, self.B))
+        return to_device(xy[:, :-1], self.device), to_device(xy[:, 1:], self.device)
+
+    def state_dict(self, prefetched: int = 0) -> dict:
+        """Position state; `prefetched` micro-batches already taken but not yet trained on are given back."""
+        position = self.position - prefetched * self.world_size * self.B
+        return {"position": position, "seed": self.seed, "windows": self.windows.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["windows"] != self.windows.total or state["seed"] != self.seed:
+            raise ValueError(
+                f"the train data changed since the checkpoint (windows {state['windows']} -> "
+                f"{self.windows.total}, seed {state['seed']} -> {self.seed}); resuming would not see "
+                f"the same batches. Restore the data, or start a new run")
+        self.position = int(state["position"])
+
+
+class ValSet:
+    """The fixed validation set: the first num_batches*batch_size windows of the val split, in order.
+
+    Identical on every eval and every run; rank r takes batches r, r+W, ... so ranks are disjoint.
+    """
+
+    def __init__(self, data_dir: str, batch_size: int, block_size: int, num_batches: int, device: str = "cpu"):
+        self.windows = _Windows([open_shard(p) for p in find_shards(data_dir, "val")], block_size)
+        needed = num_batches * batch_size
+        if self.windows.total < needed:
+            n_tok = sum(len(s) for s in self.windows.shards)
+            raise ValueError(
+                f"eval needs eval_iters*batch_size={needed} windows of {block_size + 1} tokens "
+                f"({needed * block_size:,} tokens) but the val split has {n_tok:,} tokens "
+                f"({self.windows.total} windows); lower eval_iters (at most {self.windows.total // batch_size}) "
+                f"or prepare a larger val split (prepare.py --val_tokens)")
+        self.B, self.num_batches, self.device = batch_size, num_batches, device
+
+    def batches(self, rank: int = 0, world_size: int = 1):
+        for b in range(rank, self.num_batches, world_size):
+            xy = self.windows.gather(np.arange(b * self.B, (b + 1) * self.B))
+            yield to_device(xy[:, :-1], self.device), to_device(xy[:, 1:], self.device)
