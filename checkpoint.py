@@ -70,12 +70,10 @@ def canonical_state_dict(state_dict: dict) -> dict:
 
 
 def resolve(path_or_dir: str, which: str = "latest") -> str:
-    """The checkpoint file for a path, or for an out_dir and 'latest' / 'best'."""
-    if os.path.isdir(path_or_dir):
-        if which not in ("latest", "best"):
-            raise CheckpointError(f"--ckpt must be 'latest', 'best' or a file path, got {which!r}")
+    """The checkpoint file: out_dir/ckpt.pt for 'latest', out_dir/ckpt_best.pt for 'best', else `which` itself."""
+    if which in ("latest", "best"):
         return os.path.join(path_or_dir, LATEST if which == "latest" else BEST)
-    return path_or_dir
+    return which
 
 
 def load_checkpoint(path: str) -> dict:
@@ -83,7 +81,10 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.exists(path):
         folder = os.path.dirname(path) or "."
         found = sorted(f for f in os.listdir(folder) if f.endswith(".pt")) if os.path.isdir(folder) else []
-        hint = f"{folder} holds {found}" if found else f"{folder} holds no checkpoints; train first"
+        if not os.path.isdir(folder):
+            hint = f"{folder} does not exist"
+        else:
+            hint = f"{folder} holds {found}" if found else f"{folder} holds no checkpoints; train first"
         raise CheckpointError(f"no checkpoint at {path} ({hint}); check --out_dir")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -118,3 +119,15 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model(path: str):
+    """(GPT in eval mode on CPU, checkpoint dict) from a checkpoint file, with clear errors."""
+    from model import GPT, GPTConfig
+    ckpt = load_checkpoint(path)
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path} does not fit this version's GPT ({str(e).splitlines()[0][:300]})") from None
+    return model.eval(), ckpt

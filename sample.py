@@ -1,0 +1,138 @@
+"""Sample text from a trained model (or OpenAI's GPT-2) with a KV cache, streamed as it is made.
+
+    python sample.py --out_dir=out-fineweb --start="The meaning of life" --num_samples=5 --max_new_tokens=500
+    python sample.py --init_from=gpt2 --start=FILE:prompt.txt --top_p=0.9 --temperature=0.8
+
+All num_samples are generated together in one batch; the first is streamed to the terminal while it
+is produced and the others are printed when the batch finishes. Prompt + max_new_tokens must fit in
+the model's block_size: max_new_tokens is lowered to fit, with a message (no sliding window).
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+import hardware
+from checkpoint import CheckpointError, load_model, resolve
+from configurator import cli, key
+from model import GPT, generate
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = key("out-fineweb", "run directory to load a checkpoint from")
+    ckpt: str = key("latest", "'latest' (ckpt.pt), 'best' (ckpt_best.pt) or a checkpoint file path")
+    init_from: str = key("resume", "'resume' (a checkpoint from out_dir) or gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    start: str = key("\n", "the prompt, or FILE:path to read it from a file")
+    num_samples: int = key(5, "samples, generated together in one batch")
+    max_new_tokens: int = key(256, "tokens to generate per sample (lowered to fit block_size)")
+    temperature: float = key(0.8, "softmax temperature; 0 = greedy")
+    top_k: int = key(200, "sample from the k most likely tokens only (0 = off)")
+    top_p: float = key(1.0, "nucleus sampling: the smallest set of tokens with this much probability (1 = off)")
+    seed: int = key(1337, "same seed, same text")
+    device: str = key("auto", "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+    dtype: str = key("auto", "'auto' (bf16/fp16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
+    compile: bool = key(False, "torch.compile the model for decoding (CUDA)")
+    kv_cache: bool = key(True, "reuse keys/values of earlier tokens (False recomputes the whole context each step)")
+    stop_at_eot: bool = key(True, "end a sample at the end-of-text token")
+    stream: bool = key(True, "print the first sample token by token as it is produced")
+
+
+def load_tokenizer(name: str):
+    import tiktoken
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:
+        raise CheckpointError(f"cannot load the tokenizer {name!r} recorded with the model ({type(e).__name__}: {e}); "
+                              f"tiktoken downloads it on first use: check your connection or TIKTOKEN_CACHE_DIR") from None
+
+
+def load(cfg: SampleConfig) -> tuple[GPT, str]:
+    """(model on CPU, tokenizer name) from a checkpoint or OpenAI's GPT-2."""
+    if cfg.init_from.startswith("gpt2"):
+        return GPT.from_pretrained(cfg.init_from).eval(), "gpt2"
+    if cfg.init_from != "resume":
+        raise CheckpointError(f"init_from must be 'resume' or gpt2*, got {cfg.init_from!r}")
+    model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
+    return model, ckpt.get("tokenizer", {}).get("name", "gpt2")
+
+
+def read_prompt(start: str) -> str:
+    if start.startswith("FILE:"):
+        path = os.path.expanduser(start[5:])
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise CheckpointError(f"cannot read the prompt file {path}: {e.strerror}") from None
+    return start
+
+
+def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
+    """Generate cfg.num_samples continuations of the prompt; returns their texts."""
+    device, _ = hardware.pick_device(cfg.device)
+    dtype, _ = hardware.pick_dtype(cfg.dtype, device)
+    model, tok_name = load(cfg)
+    model.to(device=device, dtype=getattr(torch, dtype))
+    enc = load_tokenizer(tok_name)
+    ids = enc.encode(read_prompt(cfg.start), allowed_special={"<|endoftext|>"})
+    block = model.config.block_size
+    if not ids:
+        ids = [enc.eot_token]  # an empty prompt starts a fresh document
+    if len(ids) >= block:
+        raise ValueError(f"the prompt is {len(ids)} tokens; the model's context (block_size) is {block}. Shorten it")
+    max_new = cfg.max_new_tokens
+    if len(ids) + max_new > block:
+        max_new = block - len(ids)
+        print(f"note: max_new_tokens lowered from {cfg.max_new_tokens} to {max_new}: prompt ({len(ids)}) + new "
+              f"tokens must fit block_size {block}", file=sys.stderr)
+    if cfg.compile and device.startswith("cuda"):
+        model = torch.compile(model, dynamic=True)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    x = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
+    rows: list[list[int]] = [[] for _ in range(cfg.num_samples)]
+    live = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tokens can split UTF-8 characters
+    eot = enc.eot_token if cfg.stop_at_eot else None
+    if cfg.stream:
+        out.write(f"---------- sample 1 of {cfg.num_samples}\n{enc.decode(ids)}")
+    t0, n = time.time(), 0
+    finished = [False] * cfg.num_samples
+    for nxt in generate(model, x, max_new, cfg.temperature, cfg.top_k or None, cfg.top_p, eot, g, cfg.kv_cache):
+        n += 1
+        for r, t in enumerate(nxt[:, 0].tolist()):
+            if finished[r]:
+                continue
+            if eot is not None and t == eot:
+                finished[r] = True
+                continue
+            rows[r].append(t)
+            if r == 0 and cfg.stream:
+                out.write(live.decode(enc.decode_single_token_bytes(t)))
+                out.flush()
+    texts = [enc.decode(ids + r) for r in rows]
+    dt = time.time() - t0
+    for i, text in enumerate(texts):
+        if i == 0 and cfg.stream:
+            out.write(live.decode(b"", final=True) + "\n")
+            continue
+        out.write(f"---------- sample {i + 1} of {cfg.num_samples}\n{text}\n")
+    print(f"[{n} steps x {cfg.num_samples} samples in {dt:.2f}s = {n * cfg.num_samples / max(dt, 1e-9):,.0f} tokens/s, "
+          f"kv_cache={cfg.kv_cache}, {device}]", file=sys.stderr)
+    return texts
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = cli(SampleConfig, "sample.py", argv)
+    try:
+        sample(cfg)
+    except (CheckpointError, ValueError) as e:
+        sys.exit(f"sample.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

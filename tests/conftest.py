@@ -1,0 +1,59 @@
+"""Shared fixtures: offline GPT-2 BPE (from ../shared/data), real FineWeb shards, tiny configs."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+PARQUET_DIR = os.path.join(SHARED, "fineweb", "fineweb_legal_pilot_batches")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "data", "fineweb"))
+
+# tiktoken reads a pre-filled cache named by the sha1 of each file's download URL (shared/data/README.md)
+_BPE_FILES = {"6d1cbeee0f20b3d9449abfede4726ed8212e3aee": "vocab.bpe",
+              "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6": "encoder.json",
+              "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4": "gpt2.tiktoken"}
+
+# a model small enough that a training step takes tens of milliseconds on one CPU core
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--device=cpu",
+        "--compile=False", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3"]
+
+
+def need_shared(*parts: str) -> str:
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"needs {path} (real FineWeb text / GPT-2 BPE from ../shared/data beside the checkout); absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiktoken_cache(tmp_path_factory):
+    """TIKTOKEN_CACHE_DIR pointing at symlinks to the shared GPT-2 BPE files: get_encoding('gpt2') works offline."""
+    need_shared("tokenizers", "vocab.bpe")
+    cache = tmp_path_factory.mktemp("tiktoken")
+    for sha, name in _BPE_FILES.items():
+        os.symlink(os.path.join(SHARED, "tokenizers", name), cache / sha)
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    yield str(cache)
+    if old is None:
+        os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+    else:
+        os.environ["TIKTOKEN_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def parquet_files():
+    need_shared("fineweb", "fineweb_legal_pilot_batches", "batch_000001.parquet")
+    return sorted(os.path.join(PARQUET_DIR, f) for f in os.listdir(PARQUET_DIR) if f.endswith(".parquet"))
+
+
+@pytest.fixture(scope="session")
+def shards(tiktoken_cache, parquet_files, tmp_path_factory):
+    """Real FineWeb documents (4 parquet files, 400 docs) tokenized by prepare.py: ~0.6M tokens."""
+    import prepare
+    out = tmp_path_factory.mktemp("shards")
+    prepare.main([f"--input={','.join(parquet_files[:4])}", f"--out_dir={out}", "--val_tokens=20000",
+                  "--shard_size=200000", "--progress=False"])
+    return str(out)

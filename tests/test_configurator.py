@@ -1,0 +1,83 @@
+"""The config system: typos and type errors are caught and explained, never silently accepted."""
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from configurator import ConfigError, key, parse_config
+
+
+@dataclass
+class Cfg:
+    out_dir: str = key("out", "where")
+    batch_size: int = key(8, "sequences")
+    learning_rate: float = key(6e-4, "lr")
+    compile: bool | None = key(None, "compile")
+    decay_lr: bool = key(True, "decay")
+
+
+def test_defaults_file_and_cli_apply_in_order(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("import math\nbatch_size = 16\nlearning_rate = 1  # int is promoted\n_private = 3\n")
+    cfg = parse_config(Cfg, [str(f), "--batch_size=4"])
+    assert (cfg.batch_size, cfg.learning_rate, cfg.out_dir) == (4, 1.0, "out")
+    assert isinstance(cfg.learning_rate, float)
+
+
+def test_values_parse_bools_none_and_keep_equals_signs():
+    cfg = parse_config(Cfg, ["--compile=False", "--decay_lr=true", "--out_dir=runs/a=b", "--learning_rate=3e-4"])
+    assert cfg.compile is False and cfg.decay_lr is True and cfg.out_dir == "runs/a=b" and cfg.learning_rate == 3e-4
+    assert parse_config(Cfg, ["--compile=None"]).compile is None
+    assert parse_config(Cfg, ["--batch_size=5e3"]).batch_size == 5000  # integral floats are fine for ints
+
+
+def test_unknown_key_on_cli_names_the_closest():
+    with pytest.raises(ConfigError, match="unknown config key 'bach_size' on the command line; did you mean 'batch_size'"):
+        parse_config(Cfg, ["--bach_size=4"])
+
+
+def test_unknown_key_in_file_names_file_and_closest(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("learning_rat = 1e-3\n")
+    with pytest.raises(ConfigError, match=r"'learning_rat' in config file .*c\.py; did you mean 'learning_rate'"):
+        parse_config(Cfg, [str(f)])
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("--batch_size=abc", "'batch_size' expects int, got 'abc'"),
+    ("--batch_size=2.5", "'batch_size' expects int, got float 2.5"),
+    ("--decay_lr=1", "'decay_lr' expects bool, got int 1"),
+    ("--learning_rate=True", "'learning_rate' expects float, got bool True"),
+])
+def test_type_mismatch_says_what_was_expected(arg, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(Cfg, [arg])
+
+
+def test_type_mismatch_in_file(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("batch_size = '8'\n")
+    with pytest.raises(ConfigError, match="'batch_size' expects int, got str '8'"):
+        parse_config(Cfg, [str(f)])
+
+
+def test_space_separated_value_gets_a_hint():
+    with pytest.raises(ConfigError, match="write --batch_size=4 \\(with '='\\)"):
+        parse_config(Cfg, ["--batch_size", "4"])
+
+
+def test_train_help_lists_every_key_with_type_default_and_meaning():
+    import train
+    out = subprocess.run([sys.executable, train.__file__, "--help"], capture_output=True, text=True, check=True).stdout
+    for line in ("--batch_size=12  (int)", "--learning_rate=0.0006  (float)", "--compile=None  (bool or None)",
+                 "--init_from='scratch'  (str)  'scratch', 'resume'"):
+        assert line in out
+    assert out.count("\n  --") == len(train.TrainConfig.__dataclass_fields__)
+
+
+def test_train_cli_error_is_a_message_not_a_traceback():
+    import train
+    r = subprocess.run([sys.executable, train.__file__, "--max_iter=10"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "did you mean 'max_iters'" in r.stderr and "Traceback" not in r.stderr
