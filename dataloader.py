@@ -44,9 +44,10 @@ def read_header(path: str) -> tuple[np.dtype, int]:
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
+            raw = f.read(HEADER_BYTES)
     except OSError as e:
         raise ShardError(f"cannot read shard {path}: {e.strerror}; {PREPARE_HINT}") from None
+    header = np.frombuffer(raw[: len(raw) // 4 * 4], dtype="<i4")
     if header.size < 3:
         raise ShardError(f"{path} is {size} bytes, too short for a shard header; {PREPARE_HINT}")
     magic, version, count = (int(v) for v in header[:3])

@@ -89,9 +89,15 @@ def resolve_batch(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     accum = cfg.gradient_accumulation_steps
     if cfg.total_batch_size > 0:
         if cfg.total_batch_size % micro:
+            k = cfg.total_batch_size // micro
+            fixes = [f"total_batch_size={n * micro}" for n in (k, k + 1) if n > 0]
+            seqs, rem = divmod(cfg.total_batch_size, cfg.block_size)
+            if not rem:  # or keep the total and pick a micro-batch that divides it
+                below = [b for b in range(cfg.batch_size - 1, 0, -1) if seqs % b == 0][:1]
+                above = [b for b in range(cfg.batch_size + 1, seqs + 1) if seqs % b == 0][:1]
+                fixes += [f"batch_size={b}" for b in below + above]
             raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of batch_size*block_size="
-                              f"{cfg.batch_size}*{cfg.block_size}={micro}; e.g. total_batch_size="
-                              f"{max(1, round(cfg.total_batch_size / micro)) * micro}")
+                              f"{cfg.batch_size}*{cfg.block_size}={micro}; use " + " or ".join(fixes))
         derived = cfg.total_batch_size // micro
         if accum and accum != derived:
             raise ConfigError(f"gradient_accumulation_steps={accum} disagrees with total_batch_size={cfg.total_batch_size}"
@@ -282,9 +288,9 @@ def train(cfg: TrainConfig) -> dict:
     logger = NullLogger()
     if cfg.wandb_log and master:
         import wandb
-        wandb_id = wandb_id or wandb.util.generate_id()
         logger = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or os.path.basename(cfg.out_dir.rstrip("/")),
                             id=wandb_id, resume="allow", config=asdict(cfg), dir=cfg.out_dir)
+        wandb_id = logger.id  # stored in checkpoints so a resumed run continues the same wandb run
     peak = cfg.peak_tflops or (hardware.peak_tflops(hardware.device_name(device)) if device.startswith("cuda") else None)
     flops_per_step = raw_model.flops_per_token() * tokens_per_step
 

@@ -1,0 +1,229 @@
+"""Training end to end on real FineWeb tokens: learning, exact resume, accumulation, DDP, safety."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoint
+import hardware
+import train
+from configurator import ConfigError, parse_config
+from conftest import ROOT, TINY
+
+
+def run_train(shards, out, *extra):
+    return train.train(parse_config(train.TrainConfig, [*TINY, f"--data_dir={shards}", f"--out_dir={out}", *extra]))
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(out):
+    return {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_loss_decreases_and_metrics_are_recorded(shards, tmp_path):
+    result = run_train(shards, tmp_path, "--max_iters=60", "--eval_interval=30", "--learning_rate=1e-2")
+    rows = metrics(tmp_path)
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(vals) == 3  # step 0, 30 and after the last update
+    assert vals[-1] < vals[0] - 1.5, vals
+    assert result["step"] == 60 and len(losses(tmp_path)) == 60  # exactly max_iters updates
+    row = rows[1]
+    for field in ("step", "loss", "lr", "tokens", "elapsed", "grad_norm", "tok_per_s"):
+        assert field in row
+    assert row["tokens"] == row["step"] * 4 * 32 and row["mfu"] is None  # no made-up MFU on CPU
+    saved = json.load(open(tmp_path / "config.json"))
+    assert saved["config"]["max_iters"] == 60 and saved["tokens_per_step"] == 128
+
+
+def test_resume_continues_exactly(shards, tmp_path):
+    # dropout > 0 so the restored RNG state matters too
+    common = ["--eval_interval=4", "--lr_decay_iters=8", "--dropout=0.1"]
+    run_train(shards, tmp_path / "whole", "--max_iters=8", *common)
+    run_train(shards, tmp_path / "split", "--max_iters=4", *common)
+    run_train(shards, tmp_path / "split", "--max_iters=8", "--init_from=resume", *common)
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert sorted(losses(tmp_path / "whole")) == list(range(8))
+    whole = torch.load(tmp_path / "whole" / "ckpt.pt", weights_only=True)["model"]
+    split = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_resume_with_larger_max_iters_explains_the_schedule(shards, tmp_path, capsys):
+    run_train(shards, tmp_path, "--max_iters=4", "--eval_interval=2")
+    run_train(shards, tmp_path, "--max_iters=8", "--eval_interval=2", "--init_from=resume")
+    assert "cosine schedule now ends at step 8 (was 4)" in capsys.readouterr().out
+    assert sorted(losses(tmp_path)) == list(range(8))
+
+
+def test_gradient_accumulation_equals_one_big_batch(shards, tmp_path):
+    run_train(shards, tmp_path / "accum", "--max_iters=4", "--batch_size=4", "--gradient_accumulation_steps=2")
+    run_train(shards, tmp_path / "big", "--max_iters=4", "--batch_size=8", "--gradient_accumulation_steps=1")
+    a, b = losses(tmp_path / "accum"), losses(tmp_path / "big")
+    assert a.keys() == b.keys()
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5)
+
+
+def test_checkpoint_is_canonical_and_complete(shards, tmp_path):
+    run_train(shards, tmp_path, "--max_iters=2", "--eval_interval=1")
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    raw = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert not [k for k in raw["model"] if k.startswith(("_orig_mod.", "module."))]
+    assert set(raw["model"]) == set(train.GPT(train.GPTConfig(**ckpt["model_args"])).state_dict())
+    for k in ("optimizer", "scaler", "step", "config", "rng", "loader", "tokenizer", "best_val_loss"):
+        assert k in ckpt
+    assert ckpt["step"] == 2 and ckpt["tokenizer"]["name"] == "gpt2"
+    assert (tmp_path / "ckpt_best.pt").exists()
+
+
+def test_a_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    checkpoint.save_checkpoint({"model": {"w": torch.ones(3)}, "model_args": {}}, path)
+    before = digest(path)
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint({"model": {"w": torch.zeros(3)}, "model_args": {}}, path)
+    assert digest(path) == before and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at .* holds no checkpoints; train first"):
+        checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    good = tmp_path / "good.pt"
+    checkpoint.save_checkpoint({"model": {"w": torch.ones(1000)}, "model_args": {}}, str(good))
+    (tmp_path / "ckpt.pt").write_bytes(good.read_bytes()[:500])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated, corrupt or not a fineweb-gpt checkpoint"):
+        checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not a fineweb-gpt checkpoint"):
+        checkpoint.load_checkpoint(str(tmp_path / "other.pt"))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_good_checkpoint(shards, tmp_path, monkeypatch):
+    run_train(shards, tmp_path, "--max_iters=2", "--eval_interval=1")
+    good = digest(tmp_path / "ckpt.pt")
+    real_forward = train.GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(train.GPT, "forward", forward)
+    with pytest.raises(train.TrainingError, match="loss is nan .* at step 3: training diverged"):
+        run_train(shards, tmp_path, "--max_iters=6", "--eval_interval=100", "--init_from=resume")
+    assert digest(tmp_path / "ckpt.pt") == good
+
+
+def test_batch_arithmetic_is_explained():
+    cfg = parse_config(train.TrainConfig, ["--batch_size=8", "--block_size=1024", "--total_batch_size=524288"])
+    assert train.resolve_batch(cfg, 1) == (64, 524288)
+    assert train.resolve_batch(cfg, 8) == (8, 524288)
+    with pytest.raises(ConfigError, match="64 micro-batches per update do not split over 3 processes"):
+        train.resolve_batch(cfg, 3)
+    odd = parse_config(train.TrainConfig, ["--batch_size=12", "--block_size=1024", "--total_batch_size=524288"])
+    with pytest.raises(ConfigError, match="multiple of batch_size\\*block_size=12\\*1024=12288; use total_batch_size=516096 or "
+                       "total_batch_size=528384 or batch_size=8 or batch_size=16"):
+        train.resolve_batch(odd, 1)
+
+
+def test_data_too_small_for_block_size(shards, tmp_path):
+    with pytest.raises(ValueError, match="lower eval_iters"):
+        run_train(shards, tmp_path, "--eval_iters=100000")
+
+
+def test_mfu_table_and_unknown_devices():
+    assert hardware.peak_tflops("NVIDIA GeForce RTX 4070") == 58.3
+    assert hardware.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert hardware.peak_tflops("NVIDIA H100 PCIe") == 756.5
+    assert hardware.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert hardware.peak_tflops("NVIDIA H200") == 989.4
+    for unknown in ("NVIDIA GeForce RTX 4070 Ti", "NVIDIA GeForce RTX 4090 Laptop GPU", "cpu", "NVIDIA A10G"):
+        assert hardware.peak_tflops(unknown) is None
+
+
+def test_mfu_uses_the_peak_override(shards, tmp_path):
+    run_train(shards, tmp_path, "--max_iters=2", "--peak_tflops=1.0")
+    row = metrics(tmp_path)[1]
+    model = train.GPT(train.GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
+    expected = model.flops_per_token() * 128 * row["tok_per_s"] / 128 / 1e12
+    assert row["mfu"] == pytest.approx(expected, rel=0.05)
+
+
+def test_wandb_offline_run_is_written_and_resumed(shards, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is in requirements.txt")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_train(shards, tmp_path, "--max_iters=2", "--eval_interval=1", "--wandb_log=True", "--wandb_run_name=t")
+    run_id = torch.load(tmp_path / "ckpt.pt", weights_only=True)["wandb_run_id"]
+    runs = [d for d in os.listdir(tmp_path / "wandb") if d.startswith("offline-run-")]
+    assert len(runs) == 1 and runs[0].endswith(run_id)
+    assert any(f.endswith(".wandb") for f in os.listdir(tmp_path / "wandb" / runs[0]))
+    run_train(shards, tmp_path, "--max_iters=3", "--eval_interval=1", "--wandb_log=True", "--init_from=resume")
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["wandb_run_id"] == run_id
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+
+
+def test_ddp_two_processes_match_one(shards, tmp_path):
+    args = [*TINY, f"--data_dir={shards}", "--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2",
+            "--backend=gloo"]
+    run_train(shards, tmp_path / "single", *args[len(TINY) + 1:])
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(ROOT, "train.py"), *args, f"--out_dir={tmp_path / 'ddp'}"],
+                       capture_output=True, text=True, env=_env(), timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world size 2" in r.stdout and r.stdout.count("val loss") == 3  # rank 0 prints, once per eval
+    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert single.keys() == ddp.keys()
+    for step in single:
+        assert ddp[step] == pytest.approx(single[step], rel=1e-5)
+    vals = lambda out: [r["val_loss"] for r in metrics(out) if "val_loss" in r]  # noqa: E731
+    assert vals(tmp_path / "ddp") == pytest.approx(vals(tmp_path / "single"), rel=1e-5)
+    keys = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)["model"]
+    assert not [k for k in keys if k.startswith("module.")]
+
+
+def test_sigint_finishes_the_step_saves_and_resumes(shards, tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *TINY, f"--data_dir={shards}", f"--out_dir={tmp_path}",
+           "--max_iters=100000", "--eval_interval=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (tmp_path / "metrics.jsonl").exists() and len(metrics(tmp_path)) >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGINT received" in out and "continue with --init_from=resume" in out
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    stopped = ckpt["step"]
+    assert stopped == max(losses(tmp_path)) + 1  # the step in flight was finished, then saved
+    run_train(shards, tmp_path, f"--max_iters={stopped + 2}", "--eval_interval=100000", "--init_from=resume")
+    assert max(losses(tmp_path)) == stopped + 1
