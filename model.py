@@ -224,7 +224,12 @@ class GPT(nn.Module):
         if model_type not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
             raise ValueError(f"unknown GPT-2 model {model_type!r}: use gpt2, gpt2-medium, gpt2-large or gpt2-xl")
         from transformers import GPT2LMHeadModel
-        return from_hf(GPT2LMHeadModel.from_pretrained(model_type), dropout=dropout)
+        try:
+            hf_model = GPT2LMHeadModel.from_pretrained(model_type)
+        except OSError as e:
+            raise ValueError(f"could not load {model_type} through transformers ({str(e).splitlines()[0][:200]}); the "
+                             f"weights are downloaded from Hugging Face on first use: check your connection") from None
+        return from_hf(hf_model, dropout=dropout)
 
 
 # Hugging Face GPT2LMHeadModel stores these as Conv1D, i.e. (in, out): transposed relative to nn.Linear.

@@ -234,6 +234,7 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(ckpt["model"])
     elif cfg.init_from.startswith("gpt2"):
         model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
+        print0(f"init: OpenAI {cfg.init_from} weights; the model shape comes from them (n_layer/n_head/n_embd ignored)")
     else:
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
