@@ -109,11 +109,11 @@ def test_resume_refuses_changed_settings_and_overwrite_starts_over(tiktoken_cach
 
 def test_disk_full_removes_the_partial_shard_and_keeps_finished_ones(tiktoken_cache, parquet_files, tmp_path, monkeypatch):
     real_write = prepare.ShardWriter.write
-    calls = {"n": 0}
+    written = {"tokens": 0}
 
     def write(self, tokens, docs):
-        calls["n"] += 1
-        if calls["n"] == 150:
+        written["tokens"] += len(tokens)
+        if written["tokens"] > 150_000:  # the disk fills up partway through the third shard
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, tokens, docs)
 

@@ -14,10 +14,11 @@ writes byte-identical shards. meta.json is written last and marks the output as 
 """
 from __future__ import annotations
 
+import collections
 import errno
 import glob
 import gzip
-import hashlib
+import itertools
 import json
 import os
 import queue
@@ -25,7 +26,8 @@ import sys
 import threading
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -255,7 +257,7 @@ class ShardWriter:
         self.tokens = self.docs = 0
 
     def write(self, tokens: np.ndarray, docs: int) -> None:
-        self.file.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self.file.write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
         self.tokens += len(tokens)
         self.docs += docs
 
@@ -420,7 +422,6 @@ class Prepare:
             with open(meta_path) as f:
                 return json.load(f)
         writer = ShardWriter(cfg.out_dir, cfg.prefix, self.dtype)
-        eot = self.enc.eot_token
         t0, docs0, tokens0 = time.time(), state["docs"], state["tokens"]
         known = [s.rows for s in self.sources]
         total = sum(known) if None not in known else None
@@ -429,15 +430,8 @@ class Prepare:
         bar = _progress(cfg.progress, total, state["docs"] + state["empty"] + len(state["errors"]))
         writer.open(state["split"], state["index"])
         try:
-            for si, row, texts in self.documents(state):
-                ids = iter(self.enc.encode_ordinary_batch([t for t in texts if t], num_threads=self.threads))
-                for j, text in enumerate(texts):  # in row order, so the saved cursor and counts agree
-                    if not text:
-                        state["empty"] += 1
-                        continue
-                    if cfg.max_docs and state["docs"] + writer.docs >= cfg.max_docs:
-                        break
-                    self._add(state, writer, si, row + j, np.array(next(ids) + [eot], dtype=np.int64))
+            for si, row, texts, ids in self.tokenized(state):
+                self._write_batch(state, writer, si, row, texts, ids)
                 bar.update(len(texts))
                 rate = (state["tokens"] + writer.tokens - tokens0) / max(time.time() - t0, 1e-9)
                 bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
@@ -471,25 +465,66 @@ class Prepare:
         self._summary(state, time.time() - t0, state["docs"] - docs0, state["tokens"] - tokens0)
         return meta
 
-    def _add(self, state: dict, writer: ShardWriter, si: int, row: int, doc: np.ndarray) -> None:
-        """Append one document, first finishing the current shard if the doc starts a new one."""
-        cfg = self.cfg
-        val_full = state["split"] == "val" and (
-            writer.docs >= cfg.val_docs if cfg.val_docs > 0 else writer.tokens >= cfg.val_tokens)
-        if writer.tokens and (val_full or writer.tokens + len(doc) > cfg.shard_size):
-            # the shard ends before this document; the saved cursor points at it
-            entry = writer.close()
-            state["shards"].append({"split": state["split"], **entry})
-            state["docs"] += entry["docs"]
-            state["tokens"] += entry["tokens"]
-            if val_full:
-                state["split"], state["index"] = "train", max(state["index"] + 1, 1)
-            else:
-                state["index"] += 1
-            self._save_state(state, (si, row))
-            writer.open(state["split"], state["index"])
-        writer.write(doc, 1)
-        state["source_docs"][str(si)] = state["source_docs"].get(str(si), 0) + 1
+    def _write_batch(self, state: dict, writer: ShardWriter, si: int, row: int, texts: list, ids: list) -> None:
+        """Append a batch's documents in row order, finishing a shard where the next document starts one.
+
+        Runs of documents bound for the same shard are written with one call; the state saved at a
+        shard boundary counts exactly the rows before the document that opens the next shard.
+        """
+        cfg, eot = self.cfg, self.enc.eot_token
+        lengths = [len(d) + 1 for d in ids]
+        flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(d, (eot,)) for d in ids),
+                           dtype=self.dtype, count=sum(lengths))
+        start = end = pending = k = 0  # flat[start:end] holds `pending` documents not yet written
+        per_source = state["source_docs"]
+        for j, text in enumerate(texts):
+            if not text:
+                state["empty"] += 1
+                continue
+            if cfg.max_docs and state["docs"] + writer.docs + pending >= cfg.max_docs:
+                break
+            n = lengths[k]
+            k += 1
+            tokens, docs = writer.tokens + end - start, writer.docs + pending
+            val_full = state["split"] == "val" and (docs >= cfg.val_docs if cfg.val_docs > 0 else tokens >= cfg.val_tokens)
+            if tokens and (val_full or tokens + n > cfg.shard_size):
+                writer.write(flat[start:end], pending)
+                start, pending = end, 0
+                self._next_shard(state, writer, val_full, (si, row + j))
+            end += n
+            pending += 1
+            per_source[str(si)] = per_source.get(str(si), 0) + 1
+        writer.write(flat[start:end], pending)
+
+    def _next_shard(self, state: dict, writer: ShardWriter, val_full: bool, cursor: tuple[int, int]) -> None:
+        """Finish the current shard, save the resume state pointing at `cursor`, open the next shard."""
+        entry = writer.close()
+        state["shards"].append({"split": state["split"], **entry})
+        state["docs"] += entry["docs"]
+        state["tokens"] += entry["tokens"]
+        if val_full:
+            state["split"], state["index"] = "train", max(state["index"] + 1, 1)
+        else:
+            state["index"] += 1
+        self._save_state(state, cursor)
+        writer.open(state["split"], state["index"])
+
+    def tokenized(self, state: dict) -> Iterator[tuple[int, int, list, list]]:
+        """documents() with token ids; the next batch is tokenized while the caller writes this one."""
+        pool = ThreadPoolExecutor(max_workers=1)  # one driver thread; tiktoken fans out to self.threads
+        pending: collections.deque = collections.deque()
+        try:
+            for si, row, texts in self.documents(state):
+                pending.append((si, row, texts, pool.submit(
+                    self.enc.encode_ordinary_batch, [t for t in texts if t], num_threads=self.threads)))
+                if len(pending) > 1:
+                    si0, row0, texts0, fut = pending.popleft()
+                    yield si0, row0, texts0, fut.result()
+            while pending:
+                si0, row0, texts0, fut = pending.popleft()
+                yield si0, row0, texts0, fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _meta(self, state: dict) -> dict:
         return {

@@ -1,0 +1,92 @@
+"""Training throughput of a config: tokens/s, MFU and peak memory after warm-up.
+
+    python bench.py config/train_fineweb.py --compile=False
+    python bench.py config/train_tiny.py --device=cpu
+
+Runs full optimizer steps (forward, backward, clip, AdamW) on random tokens held on the device, so
+the number is the model's speed, not the disk's (bench the loader with data/fineweb/bench_prepare.py).
+Each step uses bench_micro_steps micro-batches of the config's batch_size x block_size.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+import hardware
+from configurator import ConfigError, key, parse_config
+from model import GPT, GPTConfig
+from train import TrainConfig, make_optimizer
+
+
+@dataclass
+class BenchConfig(TrainConfig):
+    warmup_steps: int = key(3, "untimed steps first (compile, allocator, caches)")
+    timed_steps: int = key(10, "steps to time")
+    bench_micro_steps: int = key(1, "micro-batches per timed optimizer step")
+
+
+def bench(cfg: BenchConfig) -> dict:
+    device, _ = hardware.pick_device(cfg.device)
+    dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, device)
+    use_compile, compile_reason = hardware.pick_compile(cfg.compile, device)
+    torch.manual_seed(cfg.seed)
+    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)).to(device)
+    optimizer, kind = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
+    step_model = torch.compile(model) if use_compile else model
+    amp = hardware.autocast(device, dtype)
+    x = torch.randint(0, 50257, (cfg.batch_size, cfg.block_size + 1), device=device)
+    inputs, targets = x[:, :-1], x[:, 1:]
+
+    def step():
+        for _ in range(cfg.bench_micro_steps):
+            with amp:
+                _, loss = step_model(inputs, targets)
+            scaler.scale(loss / cfg.bench_micro_steps).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    t = time.time()
+    for _ in range(cfg.warmup_steps):
+        step()
+    sync()
+    warmup_s = time.time() - t
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t = time.time()
+    for _ in range(cfg.timed_steps):
+        step()
+    sync()
+    dt = (time.time() - t) / cfg.timed_steps
+    tokens = cfg.batch_size * cfg.block_size * cfg.bench_micro_steps
+    name = hardware.device_name(device)
+    peak = cfg.peak_tflops or (hardware.peak_tflops(name) if device.startswith("cuda") else None)
+    mfu = model.flops_per_token() * tokens / dt / (peak * 1e12) if peak else None
+    mem, mem_kind = hardware.peak_memory(device)
+    result = {"device": name, "dtype": dtype, "compile": use_compile, "params_M": model.num_params()["total"] / 1e6,
+              "batch": f"{cfg.batch_size}x{cfg.block_size}x{cfg.bench_micro_steps}", "ms_per_step": dt * 1000,
+              "tok_per_s": tokens / dt, "mfu": mfu, f"peak_{mem_kind}_gib": mem, "warmup_s": warmup_s,
+              "optimizer": kind, "threads": torch.get_num_threads()}
+    print(f"{name} | {dtype} ({dtype_reason}) | {compile_reason} | {result['params_M']:.1f}M params | "
+          f"batch {result['batch']} | {dt * 1000:.1f} ms/step | {tokens / dt:,.0f} tok/s | "
+          f"MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | peak {mem_kind} "
+          f"{f'{mem:.2f} GiB' if mem is not None else 'n/a'} | warm-up {warmup_s:.1f}s")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        bench(parse_config(BenchConfig, sys.argv[1:], "bench.py"))
+    except (ConfigError, ValueError) as e:
+        sys.exit(f"bench.py: error: {e}")
