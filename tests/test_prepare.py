@@ -127,10 +127,11 @@ def test_disk_full_removes_the_partial_shard_and_keeps_finished_ones(tiktoken_ca
 
 def test_null_and_empty_texts_are_skipped_and_counted(tiktoken_cache, tmp_path):
     path = tmp_path / "docs.parquet"
-    pq.write_table(pa.table({"text": ["first doc", None, "", "second doc", "third"]}), path)
+    texts = ["first doc", None, "", "second <|endoftext|> doc", "third"]  # the EOT string is just text in a doc
+    pq.write_table(pa.table({"text": texts}), path)
     meta = run(f"--input={path}", f"--out_dir={tmp_path / 'out'}", "--val_docs=1")
     assert meta["skipped_empty"] == 2 and meta["docs"] == 3
-    assert docs_in(tmp_path / "out", "val") + docs_in(tmp_path / "out", "train") == ["first doc", "second doc", "third"]
+    assert docs_in(tmp_path / "out", "val") + docs_in(tmp_path / "out", "train") == [texts[0], texts[3], texts[4]]
 
 
 def test_missing_text_column_lists_the_columns(tiktoken_cache, tmp_path):

@@ -18,7 +18,6 @@ import collections
 import errno
 import glob
 import gzip
-import itertools
 import json
 import os
 import queue
@@ -139,15 +138,14 @@ def read_parquet(path: str, column: str, start: int, batch_docs: int) -> Iterato
         before += pf.metadata.row_group(first_rg).num_rows
         first_rg += 1
     row = before
-    groups = list(range(first_rg, pf.num_row_groups))
-    if not groups:
-        return
-    for batch in pf.iter_batches(batch_size=batch_docs, row_groups=groups, columns=[column]):
-        texts = batch.column(0).to_pylist()
-        skip = max(0, start - row)
-        row += len(texts)
-        if skip < len(texts):
-            yield texts[skip:]
+    # one row group at a time: pyarrow's reader over many row groups reads far ahead (GBs on big files)
+    for rg in range(first_rg, pf.num_row_groups):
+        for batch in pf.iter_batches(batch_size=batch_docs, row_groups=[rg], columns=[column], use_threads=False):
+            texts = batch.column(0).to_pylist()
+            skip = max(0, start - row)
+            row += len(texts)
+            if skip < len(texts):
+                yield texts[skip:]
 
 
 def read_jsonl(path: str, column: str, start: int, batch_docs: int, report) -> Iterator[list]:
@@ -320,6 +318,7 @@ class Prepare:
             raise PrepareError(f"{cfg.tokenizer} has {self.enc.n_vocab} tokens; shards store at most uint32 ids")
         # uint16 holds ids < 65536 (llm.c's format); larger vocabularies get llm.c's uint32 header
         self.dtype = np.dtype(np.uint16 if self.enc.n_vocab <= 2**16 else np.uint32)
+        self.eot = np.array([self.enc.eot_token], dtype=np.uint32)
         self.threads = cfg.num_threads or os.cpu_count() or 1
         self.sources = self._resolve_sources()
 
@@ -430,8 +429,8 @@ class Prepare:
         bar = _progress(cfg.progress, total, state["docs"] + state["empty"] + len(state["errors"]))
         writer.open(state["split"], state["index"])
         try:
-            for si, row, texts, ids in self.tokenized(state):
-                self._write_batch(state, writer, si, row, texts, ids)
+            for si, row, texts, flat, lengths in self.tokenized(state):
+                self._write_batch(state, writer, si, row, texts, flat, lengths)
                 bar.update(len(texts))
                 rate = (state["tokens"] + writer.tokens - tokens0) / max(time.time() - t0, 1e-9)
                 bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
@@ -465,16 +464,15 @@ class Prepare:
         self._summary(state, time.time() - t0, state["docs"] - docs0, state["tokens"] - tokens0)
         return meta
 
-    def _write_batch(self, state: dict, writer: ShardWriter, si: int, row: int, texts: list, ids: list) -> None:
+    def _write_batch(self, state: dict, writer: ShardWriter, si: int, row: int, texts: list,
+                     flat: np.ndarray, lengths: np.ndarray) -> None:
         """Append a batch's documents in row order, finishing a shard where the next document starts one.
 
         Runs of documents bound for the same shard are written with one call; the state saved at a
         shard boundary counts exactly the rows before the document that opens the next shard.
         """
-        cfg, eot = self.cfg, self.enc.eot_token
-        lengths = [len(d) + 1 for d in ids]
-        flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(d, (eot,)) for d in ids),
-                           dtype=self.dtype, count=sum(lengths))
+        cfg = self.cfg
+        lengths = lengths.tolist()
         start = end = pending = k = 0  # flat[start:end] holds `pending` documents not yet written
         per_source = state["source_docs"]
         for j, text in enumerate(texts):
@@ -509,20 +507,41 @@ class Prepare:
         self._save_state(state, cursor)
         writer.open(state["split"], state["index"])
 
-    def tokenized(self, state: dict) -> Iterator[tuple[int, int, list, list]]:
-        """documents() with token ids; the next batch is tokenized while the caller writes this one."""
-        pool = ThreadPoolExecutor(max_workers=1)  # one driver thread; tiktoken fans out to self.threads
+    def _encode_chunk(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens with an EOT after each document, per-document lengths) for non-empty texts.
+
+        Runs in a worker thread: tiktoken's encoder releases the GIL and encode_to_numpy skips
+        building Python ints. disallowed_special=() encodes "<|endoftext|>" in a text as plain text,
+        exactly like encode_ordinary.
+        """
+        parts = []
+        for text in texts:
+            parts += [self.enc.encode_to_numpy(text, disallowed_special=()), self.eot]
+        lengths = np.array([len(p) + 1 for p in parts[::2]], dtype=np.int64)
+        flat = np.concatenate(parts).astype(self.dtype) if parts else np.empty(0, dtype=self.dtype)
+        return flat, lengths
+
+    def tokenized(self, state: dict) -> Iterator[tuple[int, int, list, np.ndarray, np.ndarray]]:
+        """documents() with tokens, on all cores; the next batch is tokenized while the caller writes this one."""
+        pool = ThreadPoolExecutor(max_workers=self.threads)
         pending: collections.deque = collections.deque()
+
+        def result(item):
+            si, row, texts, futures = item
+            chunks = [f.result() for f in futures]
+            return si, row, texts, np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
         try:
             for si, row, texts in self.documents(state):
-                pending.append((si, row, texts, pool.submit(
-                    self.enc.encode_ordinary_batch, [t for t in texts if t], num_threads=self.threads)))
+                docs = [t for t in texts if t]
+                step = max(1, -(-len(docs) // self.threads))
+                futures = [pool.submit(self._encode_chunk, docs[i:i + step]) for i in range(0, len(docs), step)]
+                futures = futures or [pool.submit(self._encode_chunk, [])]
+                pending.append((si, row, texts, futures))
                 if len(pending) > 1:
-                    si0, row0, texts0, fut = pending.popleft()
-                    yield si0, row0, texts0, fut.result()
+                    yield result(pending.popleft())
             while pending:
-                si0, row0, texts0, fut = pending.popleft()
-                yield si0, row0, texts0, fut.result()
+                yield result(pending.popleft())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
