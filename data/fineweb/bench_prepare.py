@@ -66,6 +66,8 @@ def run_prepare(inp: str, out: str, *extra: str) -> dict:
 def build_synthetic(texts: list[str], path: str, gb: float, rows_per_group: int) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
+    if os.path.exists(path):
+        os.remove(path)
     writer, i = None, 0
     try:
         while not os.path.exists(path) or os.path.getsize(path) < gb * 1e9:
