@@ -35,7 +35,7 @@ def bench(cfg: BenchConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)).to(device)
-    optimizer, kind = make_optimizer(model, cfg, device)
+    optimizer, kind = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
     step_model = torch.compile(model) if use_compile else model
     amp = hardware.autocast(device, dtype)

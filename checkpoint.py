@@ -121,13 +121,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_model(path: str):
-    """(GPT in eval mode on CPU, checkpoint dict) from a checkpoint file, with clear errors."""
+def build_model(ckpt: dict, path: str, **overrides):
+    """The GPT stored in a loaded checkpoint; overrides (e.g. dropout) replace saved model args."""
     from model import GPT, GPTConfig
-    ckpt = load_checkpoint(path)
     try:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path} does not fit this version's GPT ({str(e).splitlines()[0][:300]})") from None
-    return model.eval(), ckpt
+    return model
+
+
+def load_model(path: str):
+    """(GPT in eval mode on CPU, checkpoint dict) from a checkpoint file, with clear errors."""
+    ckpt = load_checkpoint(path)
+    return build_model(ckpt, path).eval(), ckpt

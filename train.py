@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hardware
-from checkpoint import (BEST, LATEST, CheckpointError, load_checkpoint, publish_copy, rng_state,
+from checkpoint import (BEST, LATEST, CheckpointError, build_model, load_checkpoint, publish_copy, rng_state,
                         save_checkpoint, set_rng_state)
 from configurator import ConfigError, cli, format_config, key
 from dataloader import ShardError, TrainLoader, ValSet, read_meta
@@ -143,7 +143,7 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: str) -> tuple[torch.optim.AdamW, str]:
+def make_optimizer(model: GPT, cfg: TrainConfig) -> tuple[torch.optim.AdamW, str]:
     """AdamW with weight decay on matrices and embeddings only (not biases or LayerNorm gains)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -223,15 +223,13 @@ def train(cfg: TrainConfig) -> dict:
     # -------------------------------------------------------------- model
     ckpt = None
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, LATEST))
-        model_args = ckpt["model_args"]
-        changed = {k: (v, getattr(cfg, k)) for k, v in model_args.items()
+        ckpt_path = os.path.join(cfg.out_dir, LATEST)
+        ckpt = load_checkpoint(ckpt_path)
+        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["model_args"].items()
                    if hasattr(cfg, k) and getattr(cfg, k) != v and k != "dropout"}
         if changed:
             print0(f"resume: model shape comes from the checkpoint; ignoring {changed} (checkpoint, config)")
-        model_args["dropout"] = cfg.dropout
-        model = GPT(GPTConfig(**model_args))
-        model.load_state_dict(ckpt["model"])
+        model = build_model(ckpt, ckpt_path, dropout=cfg.dropout)
     elif cfg.init_from.startswith("gpt2"):
         model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
         print0(f"init: OpenAI {cfg.init_from} weights; the model shape comes from them (n_layer/n_head/n_embd ignored)")
@@ -250,7 +248,7 @@ def train(cfg: TrainConfig) -> dict:
            f"{counts['blocks'] / 1e6:.2f}M in the blocks")
 
     # -------------------------------------------------------------- optimizer
-    optimizer, optimizer_kind = make_optimizer(model, cfg, device)
+    optimizer, optimizer_kind = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
     start_step, best_val, elapsed_before, wandb_id = 0, float("inf"), 0.0, None
     if ckpt is not None:

@@ -231,3 +231,18 @@ def test_cli_error_has_no_traceback(tiktoken_cache, tmp_path):
     r = subprocess.run([sys.executable, prepare.__file__, f"--input={tmp_path}/missing.parquet"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_vocabularies_over_65536_are_written_as_uint32(tiktoken_cache, tmp_path, monkeypatch):
+    import tiktoken
+    gpt2 = tiktoken.get_encoding("gpt2")
+    big = tiktoken.Encoding(name="big", pat_str=gpt2._pat_str, mergeable_ranks=gpt2._mergeable_ranks,
+                            special_tokens={"<|endoftext|>": 100_000})  # ids up to 100000 do not fit uint16
+    real = tiktoken.get_encoding
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: big if name == "big" else real(name))
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["one", "two", "three"]}), path)
+    meta = run(f"--input={path}", f"--out_dir={tmp_path / 'o'}", "--tokenizer=big", "--val_docs=1")
+    assert meta["dtype"] == "uint32" and meta["header"]["magic"] == 20240801 and meta["eot_id"] == 100_000
+    tokens = open_shard(str(tmp_path / "o" / "fineweb_val_000000.bin"))
+    assert tokens.dtype == np.uint32 and tokens.tolist() == gpt2.encode_ordinary("one") + [100_000]

@@ -227,3 +227,21 @@ def test_sigint_finishes_the_step_saves_and_resumes(shards, tmp_path):
     assert stopped == max(losses(tmp_path)) + 1  # the step in flight was finished, then saved
     run_train(shards, tmp_path, f"--max_iters={stopped + 2}", "--eval_interval=100000", "--init_from=resume")
     assert max(losses(tmp_path)) == stopped + 1
+
+
+def test_checkpoints_from_compiled_or_ddp_models_load(tmp_path):
+    model = train.GPT(train.GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=1, n_embd=8))
+    prefixed = {f"_orig_mod.module.{k}": v for k, v in model.state_dict().items()}  # nanoGPT-era keys
+    checkpoint.save_checkpoint({"model": prefixed, "model_args": train.asdict(model.config)}, str(tmp_path / "c.pt"))
+    loaded, _ = checkpoint.load_model(str(tmp_path / "c.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_resume_from_an_incompatible_checkpoint_is_explained(shards, tmp_path):
+    model = train.GPT(train.GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32))
+    state = model.state_dict()
+    state.pop("lm_head.weight")
+    checkpoint.save_checkpoint({"model": state, "model_args": {**train.asdict(model.config), "n_layer": 2}},
+                               str(tmp_path / "ckpt.pt"))
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit this version's GPT"):
+        run_train(shards, tmp_path, "--init_from=resume")

@@ -218,15 +218,23 @@ def prefetch(it: Iterator, depth: int = 2) -> Iterator:
     done = object()
     stop = threading.Event()
 
+    def put(item) -> bool:
+        while not stop.is_set():  # the consumer may stop early (max_docs, an error): then give up
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def work():
         try:
             for item in it:
-                if stop.is_set():
+                if not put(item):
                     return
-                q.put(item)
-            q.put(done)
+            put(done)
         except BaseException as e:  # handed to the consumer
-            q.put(e)
+            put(e)
 
     threading.Thread(target=work, daemon=True).start()
     try:
@@ -338,8 +346,7 @@ class Prepare:
 
     def _fresh_state(self) -> dict:
         return {"settings": self.settings(), "sources": [], "cursor": [0, 0], "split": "val", "index": 0,
-                "shards": [], "docs": 0, "tokens": 0, "empty": 0, "errors": [], "split_tokens": 0,
-                "split_docs": 0, "source_docs": {}}
+                "shards": [], "docs": 0, "tokens": 0, "empty": 0, "errors": [], "source_docs": {}}
 
     def _load_state(self) -> dict:
         cfg = self.cfg
