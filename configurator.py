@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import sys
+import traceback
 import types
 import typing
 from typing import Any
@@ -97,7 +98,13 @@ def _exec_config_file(path: str) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     namespace: dict[str, Any] = {}
-    exec(compile(source, path, "exec"), namespace)
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid Python in the config file ({e.msg}): {(e.text or '').strip()}") from None
+    except Exception as e:  # a NameError, a failed import, ...: point at the config file's own line
+        line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__)) if fr.filename == path), "?")
+        raise ConfigError(f"{path}:{line}: running the config file raised {type(e).__name__}: {e}") from None
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
 

@@ -81,7 +81,8 @@ def find_shards(data_dir: str, split: str) -> list[str]:
         raise ShardError(f"{data_dir}: prepare.py was interrupted before it finished; {PREPARE_HINT}")
     paths = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
     if not paths:
-        raise ShardError(f"no {split} shards (*_{split}_*.bin) in {data_dir}; {PREPARE_HINT}")
+        raise ShardError(f"no {split} shards (*_{split}_*.bin) in {data_dir}; tokenize data into it first "
+                         f"(python data/fineweb/prepare.py --out_dir={data_dir}), or set data_dir to where your shards are")
     return paths
 
 

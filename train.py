@@ -163,8 +163,13 @@ class NullLogger:
 
 class StopFlag:
     """Set by SIGINT/SIGTERM; the loop finishes its step, saves and exits."""
+    # One stop request can arrive more than once: a Ctrl-C reaches every process in the terminal's
+    # process group and a launcher may forward it again (torchrun does, then waits 30 s before SIGKILL;
+    # SLURM signals every task). Repeats this soon are the same request, not a second Ctrl-C.
+    DUPLICATE_WINDOW_S = 3.0
+
     def __init__(self):
-        self.signal = None
+        self.signal, self.first_at = None, 0.0
         self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def restore(self):
@@ -172,15 +177,40 @@ class StopFlag:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        if self.signal is not None:
+            if time.monotonic() - self.first_at < self.DUPLICATE_WINDOW_S:
+                return
+            raise KeyboardInterrupt  # a second Ctrl-C, later, means now
+        self.signal, self.first_at = signal.Signals(signum).name, time.monotonic()
         print(f"\n{self.signal} received: finishing this step, then saving and exiting (again to abort)", flush=True)
+
+
+def open_metrics(path: str, resume_step: int | None):
+    """metrics.jsonl, open for appending. On resume, rows of the steps about to be redone are dropped
+    (a run killed after its last checkpoint logged steps the resumed run replays)."""
+    if resume_step is None or not os.path.exists(path):
+        return open(path, "w" if resume_step is None else "a")
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] < resume_step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+                pass
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    return open(path, "a")
 
 
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (final step, losses). Raises on user errors."""
     check_config(cfg)
+    if cfg.init_from != "resume" and os.path.exists(os.path.join(cfg.out_dir, LATEST)):
+        raise ConfigError(f"{cfg.out_dir} already holds a checkpoint ({LATEST}) that a new run would overwrite; "
+                          f"continue it with --init_from=resume, or use another --out_dir (or delete "
+                          f"{cfg.out_dir} to start over)")
 
     # -------------------------------------------------------------- device, dtype, distributed
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
@@ -283,7 +313,7 @@ def train(cfg: TrainConfig) -> dict:
             json.dump({"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
                        "world_size": world_size, "dtype": dtype, "device": hardware.device_name(device)}, f, indent=2)
     print0("config:\n" + format_config(cfg))
-    metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a" if ckpt else "w") if master else None
+    metrics = open_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_step if ckpt else None) if master else None
     logger = NullLogger()
     if cfg.wandb_log and master:
         import wandb
@@ -314,19 +344,29 @@ def train(cfg: TrainConfig) -> dict:
         raw_model.train()
         return (total[0] / total[1]).item()
 
-    def checkpoint_state(step: int, val_loss: float | None) -> dict:
-        return {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                "best_val_loss": best_val, "val_loss": val_loss, "config": asdict(cfg), "rng": rng_state(),
-                "loader": train_loader.state_dict(prefetched=1), "tokenizer": tokenizer, "wandb_run_id": wandb_id,
-                "elapsed": elapsed_before + time.time() - t0}
+    def all_rng_states() -> list[dict]:
+        """Every rank's RNG state (dropout masks differ per rank); called on all ranks, kept by rank 0."""
+        states = [rng_state()]
+        if ddp:
+            states = [None] * world_size
+            dist.all_gather_object(states, rng_state())
+        return states
 
-    def save(step: int, val_loss: float | None, is_best: bool) -> None:
-        latest = os.path.join(cfg.out_dir, LATEST)
-        save_checkpoint(checkpoint_state(step, val_loss), latest)
-        if is_best:
-            publish_copy(latest, os.path.join(cfg.out_dir, BEST))
-        print0(f"saved {latest}{' and ' + BEST if is_best else ''} at step {step}")
+    def save(step: int, val_loss: float | None, to: tuple[str, ...]) -> None:
+        """Write the checkpoint (on every rank's call; rank 0 writes) to LATEST and/or BEST."""
+        rngs = all_rng_states()
+        if not master:
+            return
+        state = {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config),
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                 "best_val_loss": best_val, "val_loss": val_loss, "config": asdict(cfg), "rng": rngs,
+                 "loader": train_loader.state_dict(prefetched=1), "tokenizer": tokenizer, "wandb_run_id": wandb_id,
+                 "elapsed": elapsed_before + time.time() - t0}
+        first = os.path.join(cfg.out_dir, to[0])
+        save_checkpoint(state, first)
+        for name in to[1:]:  # the same bytes under a second name
+            publish_copy(first, os.path.join(cfg.out_dir, name))
+        print0(f"saved {' and '.join(to)} in {cfg.out_dir} at step {step}")
 
     def record(row: dict) -> None:
         if metrics:
@@ -335,10 +375,15 @@ def train(cfg: TrainConfig) -> dict:
         logger.log(row, step=row["step"])
 
     # -------------------------------------------------------------- training loop
-    if ckpt is not None:
-        set_rng_state(ckpt["rng"])
-    elif rank:
-        torch.manual_seed(cfg.seed + rank)  # different dropout masks per rank
+    rngs = (ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]) if ckpt is not None else []
+    if len(rngs) == world_size:
+        set_rng_state(rngs[rank])
+    else:  # a new run, or a resume on another number of processes: same batches, new dropout masks
+        if rngs:
+            set_rng_state(rngs[0])
+            print0(f"resume: {len(rngs)} process(es) saved RNG states, {world_size} now: dropout masks will differ")
+        if rank:
+            torch.manual_seed(cfg.seed + rank + start_step)  # different dropout masks per rank
     stop = StopFlag()
     try:
         t0 = time.time()
@@ -348,18 +393,20 @@ def train(cfg: TrainConfig) -> dict:
         for step in range(start_step, cfg.max_iters + 1):
             last_step = step == cfg.max_iters
             row = {"step": step, "tokens": step * tokens_per_step}
-            # evaluate at the start, every eval_interval and after the last update (not again right after a resume)
-            if (step % cfg.eval_interval == 0 or last_step) and not (ckpt is not None and step == start_step and not last_step):
+            # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
+            # its first step: the same number as before the stop, a check that the model came back intact)
+            resumed_val = ckpt.get("val_loss") if ckpt is not None and step == start_step else None
+            if step % cfg.eval_interval == 0 or last_step or resumed_val is not None:
                 val_loss = evaluate()
                 row["val_loss"] = val_loss
-                print0(f"step {step}: val loss {val_loss:.4f}")
+                print0(f"step {step}: val loss {val_loss:.4f}" +
+                       (f" (before the stop: {resumed_val:.4f})" if resumed_val is not None else ""))
                 is_best = val_loss < best_val
                 best_val = min(best_val, val_loss)
-                if master and step > start_step and (cfg.always_save_checkpoint or last_step or is_best):
-                    if cfg.always_save_checkpoint or last_step:
-                        save(step, val_loss, is_best)
-                    else:
-                        save_checkpoint(checkpoint_state(step, val_loss), os.path.join(cfg.out_dir, BEST))
+                if step > start_step:
+                    latest = (LATEST,) if cfg.always_save_checkpoint or last_step else ()
+                    if latest or is_best:
+                        save(step, val_loss, latest + ((BEST,) if is_best else ()))
             if last_step:
                 row["elapsed"] = elapsed_before + time.time() - t0
                 record(row)
@@ -410,8 +457,7 @@ def train(cfg: TrainConfig) -> dict:
             if ddp:
                 dist.all_reduce(stop_now)  # every rank stops at the same step
             if stop_now.item():
-                if master:
-                    save(step + 1, None, False)
+                save(step + 1, None, (LATEST,))
                 print0(f"stopped after step {step + 1}; continue with --init_from=resume")
                 break
     finally:

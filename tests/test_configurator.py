@@ -81,3 +81,14 @@ def test_train_cli_error_is_a_message_not_a_traceback():
     r = subprocess.run([sys.executable, train.__file__, "--max_iter=10"], capture_output=True, text=True)
     assert r.returncode != 0
     assert "did you mean 'max_iters'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("batch_size = 8\nlearning_rate = 1e-3 +\n", r"c\.py:2: invalid Python in the config file"),
+    ("batch_size = 8\nlearning_rate = lr_base * 2\n", r"c\.py:2: running the config file raised NameError: name 'lr_base'"),
+])
+def test_broken_config_file_points_at_its_line(tmp_path, source, expected):
+    f = tmp_path / "c.py"
+    f.write_text(source)
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(Cfg, [str(f)])

@@ -30,6 +30,9 @@ def losses(out):
     return {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
 
 
+TIMING = ("elapsed", "tok_per_s", "peak_mem_gib")
+
+
 def digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -60,6 +63,29 @@ def test_resume_continues_exactly(shards, tmp_path):
     whole = torch.load(tmp_path / "whole" / "ckpt.pt", weights_only=True)["model"]
     split = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["model"]
     assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_resume_from_an_older_checkpoint_replays_without_duplicate_metrics(shards, tmp_path):
+    # a run killed at step 6 after its step-4 checkpoint: resuming redoes steps 4 and 5 exactly
+    common = ["--eval_interval=4", "--lr_decay_iters=8"]
+    run_train(shards, tmp_path / "whole", "--max_iters=8", *common)
+    run_train(shards, tmp_path / "cut", "--max_iters=4", *common)
+    older = (tmp_path / "cut" / "ckpt.pt").read_bytes()
+    run_train(shards, tmp_path / "cut", "--max_iters=6", "--init_from=resume", *common)
+    (tmp_path / "cut" / "ckpt.pt").write_bytes(older)
+    run_train(shards, tmp_path / "cut", "--max_iters=8", "--init_from=resume", *common)
+    rows = metrics(tmp_path / "cut")
+    assert [r["step"] for r in rows] == list(range(9))  # each step once, in order
+    untimed = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert untimed(rows) == untimed(metrics(tmp_path / "whole"))  # same losses, lrs, grad norms and val losses
+
+
+def test_a_new_run_never_overwrites_an_existing_checkpoint(shards, tmp_path):
+    run_train(shards, tmp_path, "--max_iters=2", "--eval_interval=2")
+    before = digest(tmp_path / "ckpt.pt")
+    with pytest.raises(ConfigError, match="already holds a checkpoint .* --init_from=resume"):
+        run_train(shards, tmp_path, "--max_iters=2")
+    assert digest(tmp_path / "ckpt.pt") == before
 
 
 def test_resume_with_larger_max_iters_explains_the_schedule(shards, tmp_path, capsys):
@@ -209,6 +235,42 @@ def test_ddp_two_processes_match_one(shards, tmp_path):
     assert not [k for k in keys if k.startswith("module.")]
 
 
+def torchrun(*args, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *TINY, "--backend=gloo", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240, **kw)
+
+
+def test_ddp_resume_with_dropout_continues_exactly(shards, tmp_path):
+    # each rank draws its own dropout masks: every rank's RNG state must come back
+    common = [f"--data_dir={shards}", "--eval_interval=3", "--lr_decay_iters=6", "--dropout=0.1",
+              "--gradient_accumulation_steps=2"]
+    for out, extra in (("whole", ["--max_iters=6"]), ("split", ["--max_iters=3"]),
+                       ("split", ["--max_iters=6", "--init_from=resume"])):
+        r = torchrun(*common, f"--out_dir={tmp_path / out}", *extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert len(torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["rng"]) == 2
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_exits(shards, tmp_path):
+    # the terminal sends SIGINT to torchrun and its workers, and torchrun forwards it again: one save
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *TINY, "--backend=gloo", f"--data_dir={shards}", f"--out_dir={tmp_path}",
+           "--max_iters=100000", "--eval_interval=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((tmp_path / "metrics.jsonl").exists() and len(metrics(tmp_path)) >= 3):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "SIGINT received" in out and "continue with --init_from=resume" in out, err[-3000:]
+    assert "KeyboardInterrupt" not in err
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["step"] == max(losses(tmp_path)) + 1 and len(ckpt["rng"]) == 2
+
+
 def test_sigint_finishes_the_step_saves_and_resumes(shards, tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *TINY, f"--data_dir={shards}", f"--out_dir={tmp_path}",
            "--max_iters=100000", "--eval_interval=100000"]
@@ -227,6 +289,25 @@ def test_sigint_finishes_the_step_saves_and_resumes(shards, tmp_path):
     assert stopped == max(losses(tmp_path)) + 1  # the step in flight was finished, then saved
     run_train(shards, tmp_path, f"--max_iters={stopped + 2}", "--eval_interval=100000", "--init_from=resume")
     assert max(losses(tmp_path)) == stopped + 1
+
+
+def test_a_repeated_stop_signal_is_one_request_and_a_later_one_aborts():
+    stop = train.StopFlag()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the same request forwarded by a launcher
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pytest.fail("a repeat of the same stop request aborted the run")
+        assert stop.signal == "SIGINT"
+        stop.first_at -= train.StopFlag.DUPLICATE_WINDOW_S  # seconds later: a real second Ctrl-C
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        stop.restore()
 
 
 def test_checkpoints_from_compiled_or_ddp_models_load(tmp_path):

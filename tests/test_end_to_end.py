@@ -1,0 +1,31 @@
+"""The README's commands as a user types them: prepare.py -> train.py -> sample.py -> export.py on real FineWeb text."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import PARQUET_DIR, ROOT
+
+
+def run(*args, env):
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, f"{args[0]} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def test_prepare_train_sample_export_from_the_command_line(tiktoken_cache, parquet_files, tmp_path):
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": tiktoken_cache, "OMP_NUM_THREADS": "2"}
+    data, out = tmp_path / "data", tmp_path / "out-tiny"
+    r = run("data/fineweb/prepare.py", f"--input={PARQUET_DIR}/batch_00000[1-3].parquet", f"--out_dir={data}",
+            "--val_tokens=20000", env=env)
+    assert "done: 300 documents" in r.stdout
+    r = run("train.py", "config/train_tiny.py", f"--data_dir={data}", f"--out_dir={out}", "--max_iters=20",
+            "--eval_interval=10", "--eval_iters=4", env=env)
+    vals = [json.loads(line)["val_loss"] for line in open(out / "metrics.jsonl") if "val_loss" in line]
+    assert len(vals) == 3 and vals[-1] < vals[0] - 1.0, vals  # it learned something from the text
+    assert "n_layer = 4" in r.stdout and "saved ckpt.pt" in r.stdout  # the config file was applied
+    r = run("sample.py", f"--out_dir={out}", "--num_samples=2", "--max_new_tokens=30", "--start=The court held",
+            env=env)
+    assert r.stdout.count("The court held") == 2 and len(r.stdout) > 2 * len("The court held") + 40
+    r = run("export.py", f"--out_dir={out}", f"--hf_dir={tmp_path / 'hf'}", env=env)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path / "hf"))
