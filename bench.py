@@ -72,7 +72,7 @@ def bench(cfg: BenchConfig) -> dict:
     tokens = cfg.batch_size * cfg.block_size * cfg.bench_micro_steps
     name = hardware.device_name(device)
     peak = cfg.peak_tflops or (hardware.peak_tflops(name) if device.startswith("cuda") else None)
-    mfu = model.flops_per_token() * tokens / dt / (peak * 1e12) if peak else None
+    mfu = model.flops_per_token(cfg.block_size) * tokens / dt / (peak * 1e12) if peak else None
     mem, mem_kind = hardware.peak_memory(device)
     result = {"device": name, "dtype": dtype, "compile": use_compile, "params_M": model.num_params()["total"] / 1e6,
               "batch": f"{cfg.batch_size}x{cfg.block_size}x{cfg.bench_micro_steps}", "ms_per_step": dt * 1000,

@@ -188,11 +188,12 @@ class GPT(nn.Module):
         out["blocks"] = out["total"] - out["wte"] - out["wpe"]
         return {k: out[k] for k in ("wte", "wpe", "blocks", "total")}
 
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6N for the matmuls plus attention (PaLM paper, appendix B)."""
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token at seq_len (default block_size): 6N for the matmuls plus attention
+        (PaLM paper, appendix B)."""
         c = self.config
         n = self.num_params()["total"] - self.num_params()["wpe"]  # wte counts: it is the output matmul
-        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+        return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False):

@@ -321,7 +321,7 @@ def train(cfg: TrainConfig) -> dict:
                             id=wandb_id, resume="allow", config=asdict(cfg), dir=cfg.out_dir)
         wandb_id = logger.id  # stored in checkpoints so a resumed run continues the same wandb run
     peak = cfg.peak_tflops or (hardware.peak_tflops(hardware.device_name(device)) if device.startswith("cuda") else None)
-    flops_per_step = raw_model.flops_per_token() * tokens_per_step
+    flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
 
     # -------------------------------------------------------------- helpers
     def all_mean(value: torch.Tensor) -> torch.Tensor:
@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg)
     except (ConfigError, ShardError, CheckpointError, TrainingError, ValueError) as e:
         sys.exit(f"train.py: error: {e}")
+    except OSError as e:  # a full disk or an unwritable out_dir while saving, ...
+        sys.exit(f"train.py: error: {e}\nA checkpoint already in out_dir is intact (every save is atomic): fix that, "
+                 f"then continue with --init_from=resume")
 
 
 if __name__ == "__main__":

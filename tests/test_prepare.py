@@ -246,3 +246,10 @@ def test_vocabularies_over_65536_are_written_as_uint32(tiktoken_cache, tmp_path,
     assert meta["dtype"] == "uint32" and meta["header"]["magic"] == 20240801 and meta["eot_id"] == 100_000
     tokens = open_shard(str(tmp_path / "o" / "fineweb_val_000000.bin"))
     assert tokens.dtype == np.uint32 and tokens.tolist() == gpt2.encode_ordinary("one") + [100_000]
+
+
+def test_an_unwritable_out_dir_is_a_message(tiktoken_cache, parquet_files, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match="(?s)prepare.py: error: .*a_file.*run the same command again"):
+        prepare.main([f"--input={parquet_files[0]}", f"--out_dir={blocker}", "--progress=False"])

@@ -326,3 +326,10 @@ def test_resume_from_an_incompatible_checkpoint_is_explained(shards, tmp_path):
                                str(tmp_path / "ckpt.pt"))
     with pytest.raises(checkpoint.CheckpointError, match="does not fit this version's GPT"):
         run_train(shards, tmp_path, "--init_from=resume")
+
+
+def test_an_unwritable_out_dir_is_a_message(shards, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match="(?s)train.py: error: .*a_file.*continue with --init_from=resume"):
+        train.main([*TINY, f"--data_dir={shards}", f"--out_dir={blocker}", "--max_iters=1"])

@@ -593,6 +593,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"prepare.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit("prepare.py: interrupted; finished shards are kept. Run the same command again to resume.")
+    except OSError as e:  # unwritable out_dir, a full disk outside a shard, ...
+        sys.exit(f"prepare.py: error: {e}\nFinished shards are kept; fix that and run the same command again to resume.")
 
 
 if __name__ == "__main__":
