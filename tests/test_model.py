@@ -139,6 +139,7 @@ def test_hf_state_dict_round_trips():
         assert torch.equal(v, hf_sd[k]), k
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # raised inside torch's inductor
 def test_compiled_decode_with_the_cache_matches_eager():
     # what sample.py --compile=True does on CUDA, here with inductor on CPU: one graph for the prompt and
     # one for every decode step (positions are dynamic), the same greedy tokens as eager
