@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg)
     except (ConfigError, ShardError, CheckpointError, TrainingError, ValueError) as e:
         sys.exit(f"train.py: error: {e}")
+    except torch._dynamo.exc.BackendCompilerFailed as e:  # no C compiler, a triton that does not fit the GPU, ...
+        sys.exit(f"train.py: error: torch.compile could not build the model on this machine "
+                 f"({str(e).strip().splitlines()[0][:300]}); run again with --compile=False")
     except OSError as e:  # a full disk or an unwritable out_dir while saving, ...
         sys.exit(f"train.py: error: {e}\nA checkpoint already in out_dir is intact (every save is atomic): fix that, "
                  f"then continue with --init_from=resume")

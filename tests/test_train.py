@@ -333,3 +333,13 @@ def test_an_unwritable_out_dir_is_a_message(shards, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit, match="(?s)train.py: error: .*a_file.*continue with --init_from=resume"):
         train.main([*TINY, f"--data_dir={shards}", f"--out_dir={blocker}", "--max_iters=1"])
+
+
+def test_a_compile_failure_says_to_run_eager(shards, tmp_path, monkeypatch):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("Compiler: cc is not found")  # what inductor meets on a machine with no C compiler
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
+    with pytest.raises(SystemExit, match="torch.compile could not build the model .* --compile=False"):
+        train.main([*TINY, "--compile=True", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--max_iters=1"])
