@@ -207,9 +207,10 @@ def open_metrics(path: str, resume_step: int | None):
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (final step, losses). Raises on user errors."""
     check_config(cfg)
-    if cfg.init_from != "resume" and os.path.exists(os.path.join(cfg.out_dir, LATEST)):
-        raise ConfigError(f"{cfg.out_dir} already holds a checkpoint ({LATEST}) that a new run would overwrite; "
-                          f"continue it with --init_from=resume, or use another --out_dir (or delete "
+    existing = [f for f in (LATEST, BEST) if os.path.exists(os.path.join(cfg.out_dir, f))]
+    if cfg.init_from != "resume" and existing:
+        raise ConfigError(f"{cfg.out_dir} already holds a checkpoint ({', '.join(existing)}) that a new run would "
+                          f"overwrite; continue it with --init_from=resume, or use another --out_dir (or delete "
                           f"{cfg.out_dir} to start over)")
 
     # -------------------------------------------------------------- device, dtype, distributed
