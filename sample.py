@@ -73,8 +73,24 @@ def read_prompt(start: str) -> str:
     return start
 
 
+def check_config(cfg: SampleConfig) -> None:
+    """Every problem with the sampling keys in one message."""
+    problems = []
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
+        problems.append(f"num_samples and max_new_tokens must be at least 1, got {cfg.num_samples} and {cfg.max_new_tokens}")
+    if cfg.temperature < 0:
+        problems.append(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        problems.append(f"top_p must be in (0, 1] (1 = off; for greedy use temperature=0), got {cfg.top_p}")
+    if cfg.top_k < 0:
+        problems.append(f"top_k must be >= 0 (0 = off), got {cfg.top_k}")
+    if problems:
+        raise ValueError("invalid sampling config:\n  " + "\n  ".join(problems))
+
+
 def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
     """Generate cfg.num_samples continuations of the prompt; returns their texts."""
+    check_config(cfg)
     device, _ = hardware.pick_device(cfg.device)
     dtype, _ = hardware.pick_dtype(cfg.dtype, device)
     model, tok_name = load(cfg)
