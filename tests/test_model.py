@@ -142,7 +142,7 @@ def test_hf_state_dict_round_trips():
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # raised inside torch's inductor
 def test_compiled_decode_with_the_cache_matches_eager():
     # what sample.py --compile=True does on CUDA, here with inductor on CPU: one graph for the prompt and
-    # one for every decode step (positions are dynamic), the same greedy tokens as eager
+    # one shared by all decode steps (the cache position is dynamic), the same greedy tokens as eager
     model = tiny()
     idx = torch.randint(0, 256, (2, 5))
     eager = torch.cat(list(generate(model, idx, 12, temperature=0)), 1)

@@ -216,13 +216,19 @@ def _env():
     return {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
 
 
+def torchrun_cmd(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            os.path.join(ROOT, "train.py"), *TINY, "--backend=gloo", *args]
+
+
+def torchrun(*args):
+    return subprocess.run(torchrun_cmd(*args), capture_output=True, text=True, env=_env(), timeout=240)
+
+
 def test_ddp_two_processes_match_one(shards, tmp_path):
-    args = [*TINY, f"--data_dir={shards}", "--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2",
-            "--backend=gloo"]
-    run_train(shards, tmp_path / "single", *args[len(TINY) + 1:])
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        os.path.join(ROOT, "train.py"), *args, f"--out_dir={tmp_path / 'ddp'}"],
-                       capture_output=True, text=True, env=_env(), timeout=240)
+    args = ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2"]
+    run_train(shards, tmp_path / "single", *args)
+    r = torchrun(f"--data_dir={shards}", *args, f"--out_dir={tmp_path / 'ddp'}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world size 2" in r.stdout and r.stdout.count("val loss") == 3  # rank 0 prints, once per eval
     single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
@@ -235,10 +241,6 @@ def test_ddp_two_processes_match_one(shards, tmp_path):
     assert not [k for k in keys if k.startswith("module.")]
 
 
-def torchrun(*args, **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), *TINY, "--backend=gloo", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240, **kw)
 
 
 def test_ddp_resume_with_dropout_continues_exactly(shards, tmp_path):
@@ -253,11 +255,9 @@ def test_ddp_resume_with_dropout_continues_exactly(shards, tmp_path):
     assert len(torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["rng"]) == 2
 
 
-def test_ctrl_c_under_torchrun_saves_once_and_exits(shards, tmp_path):
-    # the terminal sends SIGINT to torchrun and its workers, and torchrun forwards it again: one save
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), *TINY, "--backend=gloo", f"--data_dir={shards}", f"--out_dir={tmp_path}",
-           "--max_iters=100000", "--eval_interval=100000"]
+def test_ctrl_c_under_torchrun_saves_and_exits(shards, tmp_path):
+    # Ctrl-C reaches torchrun's process group; torchrun forwards it to the workers, which stop together
+    cmd = torchrun_cmd(f"--data_dir={shards}", f"--out_dir={tmp_path}", "--max_iters=100000", "--eval_interval=100000")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                             start_new_session=True)
     deadline = time.time() + 120
