@@ -17,8 +17,9 @@ import torch
 
 import hardware
 from configurator import ConfigError, key, parse_config
-from model import GPT, GPTConfig
-from train import TrainConfig, make_optimizer
+from model import GPT
+from optimizer import make_optimizer
+from train import TrainConfig, model_config  # the training config keys, so config/*.py files read unchanged
 
 
 @dataclass
@@ -33,9 +34,8 @@ def bench(cfg: BenchConfig) -> dict:
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, device)
     use_compile, compile_reason = hardware.pick_compile(cfg.compile, device)
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)).to(device)
-    optimizer, kind = make_optimizer(model, cfg)
+    model = GPT(model_config(cfg)).to(device)
+    optimizer, kind = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
     step_model = torch.compile(model) if use_compile else model
     amp = hardware.autocast(device, dtype)
@@ -53,26 +53,21 @@ def bench(cfg: BenchConfig) -> dict:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     t = time.time()
     for _ in range(cfg.warmup_steps):
         step()
-    sync()
+    hardware.synchronize(device)
     warmup_s = time.time() - t
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t = time.time()
     for _ in range(cfg.timed_steps):
         step()
-    sync()
+    hardware.synchronize(device)
     dt = (time.time() - t) / cfg.timed_steps
     tokens = cfg.batch_size * cfg.block_size * cfg.bench_micro_steps
     name = hardware.device_name(device)
-    peak = cfg.peak_tflops or (hardware.peak_tflops(name) if device.startswith("cuda") else None)
-    mfu = model.flops_per_token(cfg.block_size) * tokens / dt / (peak * 1e12) if peak else None
+    mfu = hardware.mfu(model.flops_per_token(cfg.block_size) * tokens / dt, device, cfg.peak_tflops)
     mem, mem_kind = hardware.peak_memory(device)
     result = {"device": name, "dtype": dtype, "compile": use_compile, "params_M": model.num_params()["total"] / 1e6,
               "batch": f"{cfg.batch_size}x{cfg.block_size}x{cfg.bench_micro_steps}", "ms_per_step": dt * 1000,

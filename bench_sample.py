@@ -18,7 +18,8 @@ import torch
 
 import hardware
 from configurator import cli, key
-from model import GPT, GPTConfig, generate
+from generation import generate
+from model import GPT, GPTConfig
 
 
 @dataclass
@@ -28,18 +29,16 @@ class BenchSampleConfig:
     prompt_tokens: int = key(16, "prompt length")
     batch: int = key(1, "sequences generated together")
     device: str = key("auto", "'auto', 'cpu', 'cuda', 'mps'")
-    dtype: str = key("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
+    dtype: str = key("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'", choices=hardware.DTYPES)
     compile: bool = key(False, "torch.compile the model (dynamic shapes) before timing")
 
 
 def time_generation(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool, device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    hardware.synchronize(device)
     t = time.time()
     for _ in generate(model, prompt, n, temperature=0, use_cache=use_cache):
         pass
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    hardware.synchronize(device)
     return time.time() - t
 
 

@@ -1,7 +1,7 @@
 """Checkpoints on disk: written atomically, loaded with errors that say what to do.
 
 A checkpoint is a dict saved by torch.save: model (canonical keys: no `_orig_mod.` or `module.`),
-model_args, optimizer, scaler, step, config, rng, loader, tokenizer, ... (see train.py).
+model_args, optimizer, scaler, step, config, rng, loader, tokenizer, ... (train.py's save_run).
 """
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import random
 import numpy as np
 import torch
 
+from atomic import atomic_write
+from model import GPT, GPTConfig
+
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
 
 
@@ -18,45 +21,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not fit; the message says what to do."""
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:  # Windows cannot open directories; its rename is durable enough
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict, path: str) -> None:
-    """Write to path.tmp, fsync, then rename over path: a crash leaves the old file or the new one."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(path)
-
-
-def publish_copy(src: str, dst: str) -> None:
-    """Make dst an atomic copy of src: a hard link when the filesystem allows it (no extra bytes)."""
-    tmp = f"{dst}.tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    _fsync_dir(dst)
+    """torch.save to path.tmp, fsync, rename over path: a crash leaves the old file or the new one."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def canonical_state_dict(state_dict: dict) -> dict:
@@ -121,9 +89,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def build_model(ckpt: dict, path: str, **overrides):
+def build_model(ckpt: dict, path: str, **overrides) -> GPT:
     """The GPT stored in a loaded checkpoint; overrides (e.g. dropout) replace saved model args."""
-    from model import GPT, GPTConfig
     try:
         model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
         model.load_state_dict(ckpt["model"])
@@ -132,7 +99,7 @@ def build_model(ckpt: dict, path: str, **overrides):
     return model
 
 
-def load_model(path: str):
+def load_model(path: str) -> tuple[GPT, dict]:
     """(GPT in eval mode on CPU, checkpoint dict) from a checkpoint file, with clear errors."""
     ckpt = load_checkpoint(path)
     return build_model(ckpt, path).eval(), ckpt

@@ -5,7 +5,8 @@
 Each script declares a dataclass whose fields are the keys (see `key`). Arguments apply in order:
 a path ending in .py is executed as a config file and every top-level name it assigns must be a
 key; `--key=value` overrides one key. Unknown keys name the closest valid key, type mismatches say
-what was expected, and `--help` lists every key with its type, default and meaning.
+what was expected, a value outside a key's declared choices lists them, and `--help` lists every
+key with its type, default, meaning and choices.
 """
 from __future__ import annotations
 
@@ -23,9 +24,19 @@ class ConfigError(ValueError):
     """A user mistake in a config file or on the command line."""
 
 
-def key(default: Any, help: str) -> Any:
-    """A config field with its one-line meaning, shown by --help."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def key(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A config field with its one-line meaning, shown by --help, and the values it allows, if listed."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def check_choices(cfg: Any) -> None:
+    """Every key declared with choices holds one of them."""
+    for f in dataclasses.fields(cfg):
+        choices, value = f.metadata.get("choices"), getattr(cfg, f.name)
+        if choices and value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"'{f.name}' must be one of {', '.join(repr(c) for c in choices)}, got {value!r}{hint}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -113,7 +124,9 @@ def help_text(cls: type, prog: str) -> str:
     hints = _field_types(cls)
     lines = [f"usage: {prog} [config_file.py ...] [--key=value ...]", "", "keys:"]
     for f in dataclasses.fields(cls):
-        lines.append(f"  --{f.name}={f.default!r}  ({_type_name(hints[f.name])})  {f.metadata.get('help', '')}")
+        choices = f.metadata.get("choices")
+        allowed = f" [{'|'.join(str(c) for c in choices)}]" if choices else ""
+        lines.append(f"  --{f.name}={f.default!r}  ({_type_name(hints[f.name])})  {f.metadata.get('help', '')}{allowed}")
     return "\n".join(lines)
 
 
@@ -144,7 +157,9 @@ def parse_config(cls: type, argv: list[str], prog: str = "train.py"):
             nxt = argv[i + 1] if i + 1 < len(argv) else "VALUE"
             raise ConfigError(f"write --{name}={nxt} (with '='), not '--{name} {nxt}'")
         values[name] = coerce(name, value, hints[name], from_cli=True)
-    return cls(**values)
+    cfg = cls(**values)
+    check_choices(cfg)
+    return cfg
 
 
 def format_config(cfg: Any) -> str:

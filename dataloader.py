@@ -22,6 +22,7 @@ FORMATS = {  # (magic, version) -> token dtype
     (20240520, 1): np.dtype(np.uint16),
     (20240801, 7): np.dtype(np.uint32),
 }
+PREPARE_STATE = ".prepare_state.json"  # prepare.py's resume file; present without meta.json = unfinished
 PREPARE_HINT = "re-run data/fineweb/prepare.py (the same command resumes; --overwrite starts over)"
 
 
@@ -76,7 +77,7 @@ def find_shards(data_dir: str, split: str) -> list[str]:
     if not os.path.isdir(data_dir):
         raise ShardError(f"data directory {data_dir!r} does not exist; run data/fineweb/prepare.py "
                          f"--out_dir={data_dir} first, or set data_dir to where your shards are")
-    state = os.path.join(data_dir, ".prepare_state.json")
+    state = os.path.join(data_dir, PREPARE_STATE)
     if os.path.exists(state) and not os.path.exists(os.path.join(data_dir, "meta.json")):
         raise ShardError(f"{data_dir}: prepare.py was interrupted before it finished; {PREPARE_HINT}")
     paths = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
@@ -156,10 +157,6 @@ class TrainLoader:
             self._perm_epoch = epoch
         return self._perm
 
-    @property
-    def epoch(self) -> float:
-        return self.position / self.windows.total
-
     def _indices(self, start: int, n: int) -> np.ndarray:
         total = self.windows.total
         g = np.arange(start, start + n)
@@ -169,17 +166,16 @@ class TrainLoader:
             out[sel] = self._permutation(int(epoch))[g[sel] % total]
         return out
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y), each (batch_size, block_size) int64 on the loader's device."""
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(x, y, state): x and y (batch_size, block_size) int64 on the loader's device, and the loader
+        state once this batch is consumed: restoring it continues with the batch after this one."""
         start = self.position + self.rank * self.B
         self.position += self.world_size * self.B
         xy = self.windows.gather(self._indices(start, self.B))
-        return to_device(xy[:, :-1], self.device), to_device(xy[:, 1:], self.device)
+        return to_device(xy[:, :-1], self.device), to_device(xy[:, 1:], self.device), self.state_dict()
 
-    def state_dict(self, prefetched: int = 0) -> dict:
-        """Position state; `prefetched` micro-batches already taken but not yet trained on are given back."""
-        position = self.position - prefetched * self.world_size * self.B
-        return {"position": position, "seed": self.seed, "windows": self.windows.total}
+    def state_dict(self) -> dict:
+        return {"position": self.position, "seed": self.seed, "windows": self.windows.total}
 
     def load_state_dict(self, state: dict) -> None:
         if state["windows"] != self.windows.total or state["seed"] != self.seed:

@@ -1,4 +1,4 @@
-"""What the machine is and can do: device, dtype, compile support, peak FLOPS for MFU, memory.
+"""What the machine is and can do: device, dtype, compile support, peak FLOPS and MFU, memory.
 
 Decided once at start-up by the scripts, each choice printed with its reason.
 """
@@ -37,6 +37,20 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
+def mfu(flops_per_s: float, device: str, override_tflops: float = 0.0, world_size: int = 1) -> float | None:
+    """Model FLOPs utilisation: achieved FLOPs over the devices' dense bf16 peak (None when unknown).
+
+    The peak is override_tflops when given, else looked up for CUDA GPUs; CPUs and MPS have no entry."""
+    peak = override_tflops or (peak_tflops(device_name(device)) if device.startswith("cuda") else None)
+    return flops_per_s / (peak * 1e12 * world_size) if peak else None
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so a wall-clock time measures it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -59,11 +73,13 @@ def pick_device(requested: str) -> tuple[str, str]:
     return "cpu", "no GPU found"
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def pick_dtype(requested: str, device: str) -> tuple[str, str]:
     """(dtype name, reason). 'auto': bf16 where the GPU supports it, else fp16 (+GradScaler), fp32 on CPU/MPS."""
-    valid = ("auto", "float32", "bfloat16", "float16")
-    if requested not in valid:
-        raise ValueError(f"dtype must be one of {valid}, got {requested!r}")
+    if requested not in DTYPES:  # the config keys check this too; here for callers from code
+        raise ValueError(f"dtype must be one of {DTYPES}, got {requested!r}")
     cuda = device.startswith("cuda")
     if requested == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
         raise ValueError(f"{device_name(device)} has no bfloat16 support; use --dtype=float16 (with loss "

@@ -6,8 +6,9 @@ embedding. Attention runs through torch's scaled_dot_product_attention (flash ke
 Initialisation: N(0, 0.02), with residual projections scaled by 1/sqrt(2 * n_layer) (GPT-2 paper).
 Names follow GPT-2 (wte, wpe, h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f).
 
-Generation uses a preallocated KV cache (KVCache), so producing N tokens costs O(N*T), not O(N*T^2).
-This file depends on torch alone; transformers is imported only inside the GPT-2 conversion helpers.
+Attention can write into a preallocated KV cache (KVCache) so that generation (generation.py) feeds
+one new token per step. GPT-2 / Hugging Face weight conversion lives in hf_interop.py. This file
+depends on torch alone.
 """
 from __future__ import annotations
 
@@ -58,14 +59,10 @@ class GPTConfig:
                 f"{self.n_embd / self.n_head:.2f}). Nearest valid: " + ", ".join(opts) + ".")
 
 
-def count_params(cfg: GPTConfig) -> dict[str, int]:
-    """Parameter count from the config alone (matches GPT.num_params()), with a breakdown."""
-    C, L, b = cfg.n_embd, cfg.n_layer, int(cfg.bias)
-    ln = C + b * C
-    block = 2 * ln + (C * 3 * C + b * 3 * C) + (C * C + b * C) + (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)
-    out = {"wte": cfg.vocab_size * C, "wpe": cfg.block_size * C, "blocks": L * block + ln}
-    out["total"] = sum(out.values())
-    return out
+def count_params(config: GPTConfig) -> dict[str, int]:
+    """GPT(config).num_params() without allocating or initialising anything: built on the meta device."""
+    with torch.device("meta"):
+        return GPT(config).num_params()
 
 
 class CausalSelfAttention(nn.Module):
@@ -146,7 +143,6 @@ class KVCache:
         shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
         self.layers = [LayerCache(torch.empty(shape, device=device, dtype=dtype),
                                   torch.empty(shape, device=device, dtype=dtype)) for _ in range(config.n_layer)]
-        self.max_len = max_len
 
     @property
     def pos(self) -> int:
@@ -181,19 +177,21 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> dict[str, int]:
-        """Counted from the parameters: wte (shared with lm_head), wpe, blocks (+ ln_f), total."""
+        """Counted from the parameters (each once): wte (shared with lm_head), wpe, blocks (+ ln_f), total."""
         t = self.transformer
-        out = {"wte": t.wte.weight.numel(), "wpe": t.wpe.weight.numel()}
-        out["total"] = sum(p.numel() for p in self.parameters())
-        out["blocks"] = out["total"] - out["wte"] - out["wpe"]
-        return {k: out[k] for k in ("wte", "wpe", "blocks", "total")}
+        wte, wpe = t.wte.weight.numel(), t.wpe.weight.numel()
+        total = sum(p.numel() for p in self.parameters())
+        return {"wte": wte, "wpe": wpe, "blocks": total - wte - wpe, "total": total}
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token at seq_len (default block_size): 6N for the matmuls plus attention
-        (PaLM paper, appendix B)."""
+        """Training FLOPs (forward + backward) per token at seq_len (default block_size).
+
+        Each matmul weight costs 6 FLOPs per token (2 forward, 4 backward); embedding lookups, biases
+        and norms are not matmuls. Attention scores and their weighted sum add 12 * n_layer * n_embd *
+        seq_len, counted without the causal half (PaLM paper, appendix B)."""
         c = self.config
-        n = self.num_params()["total"] - self.num_params()["wpe"]  # wte counts: it is the output matmul
-        return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6 * matmul + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False):
@@ -218,101 +216,3 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    @classmethod
-    def from_pretrained(cls, model_type: str, dropout: float = 0.0) -> GPT:
-        """OpenAI's GPT-2 weights (gpt2, gpt2-medium, gpt2-large, gpt2-xl) via transformers."""
-        if model_type not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
-            raise ValueError(f"unknown GPT-2 model {model_type!r}: use gpt2, gpt2-medium, gpt2-large or gpt2-xl")
-        from transformers import GPT2LMHeadModel
-        try:
-            hf_model = GPT2LMHeadModel.from_pretrained(model_type)
-        except OSError as e:
-            raise ValueError(f"could not load {model_type} through transformers ({str(e).splitlines()[0][:200]}); the "
-                             f"weights are downloaded from Hugging Face on first use: check your connection") from None
-        return from_hf(hf_model, dropout=dropout)
-
-
-# Hugging Face GPT2LMHeadModel stores these as Conv1D, i.e. (in, out): transposed relative to nn.Linear.
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def from_hf(hf_model, dropout: float = 0.0) -> GPT:
-    """Our GPT with the weights of a transformers GPT2LMHeadModel (the names map 1:1)."""
-    c = hf_model.config
-    if getattr(c, "activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"unsupported activation {c.activation_function}; GPT-2 uses gelu_new")
-    config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                       n_embd=c.n_embd, dropout=dropout, bias=True)
-    model = GPT(config)
-    sd_hf = {k: v for k, v in hf_model.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-    sd = model.state_dict()
-    missing = set(sd) - set(sd_hf)
-    if missing:
-        raise ValueError(f"Hugging Face checkpoint lacks {sorted(missing)[:5]}")
-    with torch.no_grad():
-        for k in sd:
-            w = sd_hf[k]
-            sd[k].copy_(w.t() if k.endswith(_CONV1D) else w)
-    return model
-
-
-def to_hf_state_dict(model: GPT, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
-    """GPT2LMHeadModel's state dict for our model; vocab_size crops padded embedding rows."""
-    sd = {}
-    for k, v in model.state_dict().items():
-        v = v.detach()
-        if k in ("transformer.wte.weight", "lm_head.weight") and vocab_size is not None:
-            v = v[:vocab_size]
-        sd[k] = (v.t() if k.endswith(_CONV1D) else v).contiguous().clone()
-    return sd
-
-
-@torch.no_grad()
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B, 1) from last-position logits (B, vocab): greedy at temperature 0."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest prefix whose mass reaches top_p
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
-@torch.no_grad()
-def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eot: int | None = None,
-             generator: torch.Generator | None = None, use_cache: bool = True):
-    """Yield (B, 1) tensors of new tokens, one step at a time, continuing each row of idx (B, T).
-
-    Rows that produced `eot` keep yielding eot (callers stop printing them); generation stops early
-    once every row has. Without the cache, each step recomputes the whole context (the reference).
-    """
-    B, T = idx.size()
-    if T + max_new_tokens > model.config.block_size:
-        raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds block_size "
-                         f"{model.config.block_size}")
-    param = next(model.parameters())
-    cache = KVCache(model.config, B, T + max_new_tokens, idx.device, param.dtype) if use_cache else None
-    done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
-    seq, step_input = idx, idx
-    for _ in range(max_new_tokens):
-        logits, _ = model(step_input if use_cache else seq, cache=cache, last_only=True)
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-        if eot is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
-            done |= nxt == eot
-        yield nxt
-        if eot is not None and bool(done.all()):
-            return
-        step_input = nxt
-        if not use_cache:
-            seq = torch.cat([seq, nxt], dim=1)

@@ -18,16 +18,20 @@ from dataclasses import dataclass
 import torch
 
 import hardware
+import tokenizer
 from checkpoint import CheckpointError, load_model, resolve
 from configurator import cli, key
-from model import GPT, generate
+from generation import generate
+from hf_interop import GPT2_MODELS, from_pretrained
+from model import GPT
 
 
 @dataclass
 class SampleConfig:
     out_dir: str = key("out-fineweb", "run directory to load a checkpoint from")
     ckpt: str = key("latest", "'latest' (ckpt.pt), 'best' (ckpt_best.pt) or a checkpoint file path")
-    init_from: str = key("resume", "'resume' (a checkpoint from out_dir) or gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    init_from: str = key("resume", "'resume' (a checkpoint from out_dir) or gpt2, gpt2-medium, gpt2-large, gpt2-xl",
+                         choices=("resume", *GPT2_MODELS))
     start: str = key("\n", "the prompt, or FILE:path to read it from a file")
     num_samples: int = key(5, "samples, generated together in one batch")
     max_new_tokens: int = key(256, "tokens to generate per sample (lowered to fit block_size)")
@@ -36,30 +40,20 @@ class SampleConfig:
     top_p: float = key(1.0, "nucleus sampling: the smallest set of tokens with this much probability (1 = off)")
     seed: int = key(1337, "same seed, same text")
     device: str = key("auto", "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
-    dtype: str = key("auto", "'auto' (bf16/fp16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
+    dtype: str = key("auto", "'auto' (bf16/fp16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'",
+                     choices=hardware.DTYPES)
     compile: bool = key(False, "torch.compile the model for decoding (CUDA)")
     kv_cache: bool = key(True, "reuse keys/values of earlier tokens (False recomputes the whole context each step)")
     stop_at_eot: bool = key(True, "end a sample at the end-of-text token")
     stream: bool = key(True, "print the first sample token by token as it is produced")
 
 
-def load_tokenizer(name: str):
-    import tiktoken
-    try:
-        return tiktoken.get_encoding(name)
-    except Exception as e:
-        raise CheckpointError(f"cannot load the tokenizer {name!r} recorded with the model ({type(e).__name__}: {e}); "
-                              f"tiktoken downloads it on first use: check your connection or TIKTOKEN_CACHE_DIR") from None
-
-
 def load(cfg: SampleConfig) -> tuple[GPT, str]:
     """(model on CPU, tokenizer name) from a checkpoint or OpenAI's GPT-2."""
-    if cfg.init_from.startswith("gpt2"):
-        return GPT.from_pretrained(cfg.init_from).eval(), "gpt2"
-    if cfg.init_from != "resume":
-        raise CheckpointError(f"init_from must be 'resume' or gpt2*, got {cfg.init_from!r}")
+    if cfg.init_from in GPT2_MODELS:
+        return from_pretrained(cfg.init_from).eval(), tokenizer.GPT2["name"]
     model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
-    return model, ckpt.get("tokenizer", {}).get("name", "gpt2")
+    return model, tokenizer.describe(ckpt.get("tokenizer"))["name"]
 
 
 def read_prompt(start: str) -> str:
@@ -95,7 +89,7 @@ def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
     dtype, _ = hardware.pick_dtype(cfg.dtype, device)
     model, tok_name = load(cfg)
     model.to(device=device, dtype=getattr(torch, dtype))
-    enc = load_tokenizer(tok_name)
+    enc = tokenizer.load_encoding(tok_name)
     ids = enc.encode(read_prompt(cfg.start), allowed_special={"<|endoftext|>"})
     block = model.config.block_size
     if not ids:

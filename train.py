@@ -4,8 +4,9 @@
     torchrun --standalone --nproc_per_node=8 train.py config/train_fineweb.py
     python train.py config/train_fineweb.py --init_from=resume --max_iters=12000
 
-The file reads top to bottom: config, device/dtype/distributed setup, data, model, optimizer,
-compile/DDP wrap, helpers, then the loop. `python train.py --help` lists every key.
+Top to bottom: the config keys; one function per set-up stage (device, data, model, optimizer and
+compile/DDP, resume, logging); the checkpoint and eval helpers; then train(), which runs the stages
+in order and holds the loop. `python train.py --help` lists every key.
 """
 from __future__ import annotations
 
@@ -16,18 +17,24 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import NoReturn
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import distributed
 import hardware
-from checkpoint import (BEST, LATEST, CheckpointError, build_model, load_checkpoint, publish_copy, rng_state,
-                        save_checkpoint, set_rng_state)
-from configurator import ConfigError, cli, format_config, key
+import tokenizer
+from atomic import atomic_write, publish_copy, write_json
+from checkpoint import (BEST, LATEST, CheckpointError, build_model, load_checkpoint, rng_state, save_checkpoint,
+                        set_rng_state)
+from configurator import ConfigError, format_config, key, parse_config
 from dataloader import ShardError, TrainLoader, ValSet, read_meta
+from distributed import Env
+from hf_interop import GPT2_MODELS, from_pretrained
 from model import GPT, GPTConfig
+from optimizer import make_optimizer
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,7 +47,8 @@ class TrainConfig:
     log_interval: int = key(1, "print and record a log line every this many steps")
     eval_iters: int = key(20, "val batches per eval; always the same first eval_iters*batch_size val windows")
     always_save_checkpoint: bool = key(True, "write ckpt.pt at every eval (else only at the end); ckpt_best.pt tracks the best val")
-    init_from: str = key("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt) or gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    init_from: str = key("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt) or gpt2, gpt2-medium, gpt2-large, gpt2-xl",
+                         choices=("scratch", "resume", *GPT2_MODELS))
     # wandb
     wandb_log: bool = key(False, "log to Weights & Biases (WANDB_MODE=offline works without a network)")
     wandb_project: str = key("fineweb-gpt", "wandb project")
@@ -52,7 +60,7 @@ class TrainConfig:
     block_size: int = key(1024, "context length in tokens")
     gradient_accumulation_steps: int = key(0, "micro-batches per update summed over all ranks (0 = derive from total_batch_size)")
     total_batch_size: int = key(0, "tokens per update; gradient_accumulation_steps is derived from it (0 = not set)")
-    # model
+    # model (each key is the GPTConfig field of the same name)
     n_layer: int = key(12, "transformer blocks")
     n_head: int = key(12, "attention heads")
     n_embd: int = key(768, "embedding width")
@@ -71,9 +79,11 @@ class TrainConfig:
     lr_decay_iters: int = key(0, "step where the cosine reaches min_lr (0 = max_iters)")
     min_lr: float = key(6e-5, "final learning rate, ~learning_rate/10 (Chinchilla)")
     # system
-    backend: str = key("auto", "DDP backend: 'nccl', 'gloo' or 'auto' (nccl on CUDA, gloo on CPU)")
+    backend: str = key("auto", "DDP backend: 'nccl', 'gloo' or 'auto' (nccl on CUDA, gloo on CPU)",
+                       choices=("auto", "nccl", "gloo"))
     device: str = key("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
-    dtype: str = key("auto", "'auto' (bf16 where supported, fp16+GradScaler on older GPUs, fp32 on CPU), or force one")
+    dtype: str = key("auto", "'auto' (bf16 where supported, fp16+GradScaler on older GPUs, fp32 on CPU), or force one",
+                     choices=hardware.DTYPES)
     compile: bool | None = key(None, "torch.compile the model: None = auto (on for CUDA), True, False")
     seed: int = key(1337, "seed for initialisation, dropout and data order")
     peak_tflops: float = key(0.0, "your device's dense bf16 peak for MFU (0 = look it up; unknown devices show n/a)")
@@ -81,6 +91,26 @@ class TrainConfig:
 
 class TrainingError(RuntimeError):
     """Stops the run with a message for the user (diverged loss, impossible config)."""
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every problem with the training keys in one message (model keys are checked by GPTConfig)."""
+    problems = []
+    for name in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size"):
+        if getattr(cfg, name) <= 0:
+            problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "gradient_accumulation_steps", "total_batch_size"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.learning_rate <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.learning_rate:
+        problems.append(f"need 0 <= min_lr <= learning_rate, got min_lr={cfg.min_lr}, learning_rate={cfg.learning_rate}")
+    if problems:
+        raise ConfigError("\n  ".join(["invalid training config:"] + problems))
+
+
+def model_config(cfg: TrainConfig) -> GPTConfig:
+    """The GPTConfig that the model keys describe."""
+    return GPTConfig(**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)})
 
 
 def resolve_batch(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
@@ -111,25 +141,6 @@ def resolve_batch(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     return accum // world_size, accum * micro
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Every problem with the training keys in one message (model keys are checked by GPTConfig)."""
-    problems = []
-    if cfg.init_from not in ("scratch", "resume") and not cfg.init_from.startswith("gpt2"):
-        problems.append(f"init_from must be 'scratch', 'resume' or gpt2*, got {cfg.init_from!r}")
-    for name in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size"):
-        if getattr(cfg, name) <= 0:
-            problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
-    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "gradient_accumulation_steps", "total_batch_size"):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.learning_rate <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.learning_rate:
-        problems.append(f"need 0 <= min_lr <= learning_rate, got min_lr={cfg.min_lr}, learning_rate={cfg.learning_rate}")
-    if cfg.backend not in ("auto", "nccl", "gloo"):
-        problems.append(f"backend must be 'auto', 'nccl' or 'gloo', got {cfg.backend!r}")
-    if problems:
-        raise ConfigError("\n  ".join(["invalid training config:"] + problems))
-
-
 def get_lr(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine from learning_rate down to min_lr at lr_decay_iters, then min_lr."""
     if not cfg.decay_lr:
@@ -143,22 +154,171 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig) -> tuple[torch.optim.AdamW, str]:
-    """AdamW with weight decay on matrices and embeddings only (not biases or LayerNorm gains)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs), "fused"
-    except (RuntimeError, TypeError):  # fused kernels are missing for this device type
-        return torch.optim.AdamW(groups, **kwargs), "foreach"
+@dataclass
+class LoopState:
+    """What the loop changes and a checkpoint brings back (stored under the checkpoint's top-level keys)."""
+    step: int = 0                       # optimizer updates done
+    best_val_loss: float = math.inf
+    elapsed: float = 0.0                # seconds of training so far, across resumes
+    wandb_id: str | None = None         # so a resumed run continues the same wandb run
+    loader: dict | None = None          # the train loader's state after the last batch trained on
+
+
+# ------------------------------------------------------------------ set-up stages, in the order train() runs them
+
+def refuse_to_overwrite(cfg: TrainConfig) -> None:
+    existing = [f for f in (LATEST, BEST) if os.path.exists(os.path.join(cfg.out_dir, f))]
+    if cfg.init_from != "resume" and existing:
+        raise ConfigError(f"{cfg.out_dir} already holds a checkpoint ({', '.join(existing)}) that a new run would "
+                          f"overwrite; continue it with --init_from=resume, or use another --out_dir (or delete "
+                          f"{cfg.out_dir} to start over)")
+
+
+def setup_device(cfg: TrainConfig, env: Env, device_reason: str) -> tuple[str, object, int, int]:
+    """(dtype, autocast context, micro-steps per rank, tokens per update), each choice printed."""
+    dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, env.device)
+    accum_steps, tokens_per_step = resolve_batch(cfg, env.world_size)
+    if env.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: free speed, tiny error
+        torch.backends.cudnn.allow_tf32 = True
+    env.print0(f"device: {env.device} ({hardware.device_name(env.device)}; {device_reason}), world size {env.world_size}")
+    env.print0(f"dtype: {dtype} ({dtype_reason})")
+    env.print0(f"batch: {tokens_per_step:,} tokens/update = {cfg.batch_size} seqs x {cfg.block_size} tokens "
+               f"x {accum_steps} micro-steps x {env.world_size} processes")
+    return dtype, hardware.autocast(env.device, dtype), accum_steps, tokens_per_step
+
+
+def load_data(cfg: TrainConfig, env: Env) -> tuple[TrainLoader, ValSet, dict]:
+    """(train loader, fixed val set, tokenizer record of the shards)."""
+    data_dir = cfg.data_dir or os.path.join(REPO, "data", cfg.dataset)
+    tok_record = tokenizer.describe(read_meta(data_dir))
+    train_loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, cfg.seed, env.rank, env.world_size, env.device)
+    val_set = ValSet(data_dir, cfg.batch_size, cfg.block_size, cfg.eval_iters, env.device)
+    return train_loader, val_set, tok_record
+
+
+def init_model(cfg: TrainConfig, ckpt: dict | None, tok_record: dict, env: Env) -> GPT:
+    """The model on its device: from the checkpoint, OpenAI's GPT-2, or freshly initialised."""
+    torch.manual_seed(cfg.seed)
+    if ckpt is not None:
+        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["model_args"].items()
+                   if hasattr(cfg, k) and getattr(cfg, k) != v and k != "dropout"}
+        if changed:
+            env.print0(f"resume: model shape comes from the checkpoint; ignoring {changed} (checkpoint, config)")
+        model = build_model(ckpt, os.path.join(cfg.out_dir, LATEST), dropout=cfg.dropout)
+    elif cfg.init_from in GPT2_MODELS:
+        model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
+        env.print0(f"init: OpenAI {cfg.init_from} weights; the model shape comes from them (n_layer/n_head/n_embd ignored)")
+    else:
+        model = GPT(model_config(cfg))
+    if model.config.block_size < cfg.block_size:
+        raise ConfigError(f"block_size={cfg.block_size} exceeds the model's {model.config.block_size}")
+    if tok_record["vocab_size"] > model.config.vocab_size:
+        raise ConfigError(f"the data's tokenizer ({tok_record['name']}) has {tok_record['vocab_size']} tokens but the "
+                          f"model only {model.config.vocab_size} embeddings; raise vocab_size")
+    model.to(env.device).train()
+    counts = model.num_params()
+    env.print0(f"model: {counts['total'] / 1e6:.2f}M parameters = {counts['wte'] / 1e6:.2f}M token embedding "
+               f"(shared with the output head) + {counts['wpe'] / 1e6:.2f}M position embedding + "
+               f"{counts['blocks'] / 1e6:.2f}M in the blocks")
+    return model
+
+
+def setup_optimizer(raw_model: GPT, cfg: TrainConfig, env: Env, dtype: str):
+    """(model to train: compiled and/or DDP-wrapped, optimizer, GradScaler); raw_model stays unwrapped."""
+    optimizer, kind = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    scaler = torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
+    use_compile, compile_reason = hardware.pick_compile(cfg.compile, env.device)
+    env.print0(f"optimizer: AdamW ({kind}); compile: {compile_reason}")
+    model = torch.compile(raw_model) if use_compile else raw_model
+    if env.ddp:
+        model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
+    return model, optimizer, scaler
+
+
+def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, loader: TrainLoader) -> LoopState:
+    """The state the loop starts from. On resume, everything a checkpoint brings back is restored here:
+    loop state, optimizer, GradScaler, data position and every rank's RNG (so dropout masks continue)."""
+    if ckpt is None:
+        if env.rank:
+            torch.manual_seed(cfg.seed + env.rank)  # different dropout masks per rank
+        return LoopState(loader=loader.state_dict())
+    state = LoopState(step=ckpt["step"], best_val_loss=ckpt["best_val_loss"], elapsed=ckpt["elapsed"],
+                      wandb_id=ckpt["wandb_run_id"], loader=ckpt["loader"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    loader.load_state_dict(ckpt["loader"])
+    old = TrainConfig(**ckpt["config"])
+    if (old.lr_decay_iters or old.max_iters) != (cfg.lr_decay_iters or cfg.max_iters):
+        env.print0(f"resume: cosine schedule now ends at step {cfg.lr_decay_iters or cfg.max_iters} (was "
+                   f"{old.lr_decay_iters or old.max_iters}): lr at step {state.step} goes from "
+                   f"{get_lr(state.step, old):.3g} to {get_lr(state.step, cfg):.3g}")
+    env.print0(f"resume: from step {state.step} of {cfg.out_dir}/{LATEST}, best val loss {state.best_val_loss:.4f}")
+    if state.step > cfg.max_iters:
+        raise ConfigError(f"the checkpoint is at step {state.step}, past max_iters={cfg.max_iters}; "
+                          f"raise max_iters to continue")
+    rngs = ckpt["rng"]
+    if len(rngs) == env.world_size:
+        set_rng_state(rngs[env.rank])
+    else:  # a resume on another number of processes: same batches, new dropout masks
+        set_rng_state(rngs[0])
+        env.print0(f"resume: {len(rngs)} process(es) saved RNG states, {env.world_size} now: dropout masks will differ")
+        if env.rank:
+            torch.manual_seed(cfg.seed + env.rank + state.step)
+    return state
 
 
 class NullLogger:
     """wandb's interface, doing nothing, so the loop never asks whether wandb is on."""
+    id = None
     def log(self, *args, **kwargs): pass
     def finish(self): pass
+
+
+class RunLog:
+    """The run directory's config.json and metrics.jsonl, and wandb: written by rank 0 only."""
+
+    def __init__(self, cfg: TrainConfig, env: Env, resume_step: int | None, wandb_id: str | None, record: dict):
+        self.metrics, self.wandb = None, NullLogger()
+        if not env.master:
+            return
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_json(os.path.join(cfg.out_dir, "config.json"), record)
+        print("config:\n" + format_config(cfg), flush=True)
+        self.metrics = open_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step)
+        if cfg.wandb_log:
+            import wandb
+            self.wandb = wandb.init(project=cfg.wandb_project, id=wandb_id, resume="allow", config=asdict(cfg),
+                                    name=cfg.wandb_run_name or os.path.basename(cfg.out_dir.rstrip("/")), dir=cfg.out_dir)
+
+    def record(self, row: dict) -> None:
+        if self.metrics:
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+        self.wandb.log(row, step=row["step"])
+
+    def close(self) -> None:
+        if self.metrics:
+            self.metrics.close()
+        self.wandb.finish()
+
+
+def open_metrics(path: str, resume_step: int | None):
+    """metrics.jsonl, open for appending. On resume, rows of the steps about to be redone are dropped
+    (a run killed after its last checkpoint logged steps the resumed run replays)."""
+    if resume_step is None or not os.path.exists(path):
+        return open(path, "w" if resume_step is None else "a")
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] < resume_step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+                pass
+    with atomic_write(path, "w") as f:
+        f.writelines(kept)
+    return open(path, "a")
 
 
 class StopFlag:
@@ -185,304 +345,155 @@ class StopFlag:
         print(f"\n{self.signal} received: finishing this step, then saving and exiting (again to abort)", flush=True)
 
 
-def open_metrics(path: str, resume_step: int | None):
-    """metrics.jsonl, open for appending. On resume, rows of the steps about to be redone are dropped
-    (a run killed after its last checkpoint logged steps the resumed run replays)."""
-    if resume_step is None or not os.path.exists(path):
-        return open(path, "w" if resume_step is None else "a")
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                if json.loads(line)["step"] < resume_step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):  # a line cut short by a crash
-                pass
-    with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-    return open(path, "a")
+# ------------------------------------------------------------------ helpers the loop calls
 
+@torch.no_grad()
+def evaluate(model: GPT, val_set: ValSet, amp, env: Env) -> float:
+    """Mean loss over the fixed val windows, split across ranks."""
+    model.eval()
+    total = torch.zeros(2, device=env.device)  # (sum of batch losses, batches)
+    for x, y in val_set.batches(env.rank, env.world_size):
+        with amp:
+            _, loss = model(x, y)
+        total += torch.stack([loss.float(), torch.ones((), device=env.device)])
+    env.all_sum(total)
+    model.train()
+    return (total[0] / total[1]).item()
+
+
+def save_run(out_dir: str, names: tuple[str, ...], model: GPT, optimizer, scaler, cfg: TrainConfig,
+             state: LoopState, val_loss: float | None, tok_record: dict, env: Env) -> None:
+    """Checkpoint the run under each of `names` (same bytes). Called on every rank: each contributes its
+    RNG state; rank 0 writes."""
+    rngs = env.gather(rng_state())
+    if not env.master:
+        return
+    first = os.path.join(out_dir, names[0])
+    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "step": state.step, "best_val_loss": state.best_val_loss,
+                     "val_loss": val_loss, "config": asdict(cfg), "rng": rngs, "loader": state.loader,
+                     "tokenizer": tok_record, "wandb_run_id": state.wandb_id, "elapsed": state.elapsed}, first)
+    for name in names[1:]:
+        publish_copy(first, os.path.join(out_dir, name))
+    print(f"saved {' and '.join(names)} in {out_dir} at step {state.step}", flush=True)
+
+
+def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) -> TrainingError:
+    return TrainingError(
+        f"loss is {step_loss} (grad norm {grad_norm}) at step {step}: training diverged. Nothing was "
+        f"saved after the last good checkpoint in {cfg.out_dir}. Lower learning_rate, keep grad_clip=1.0, or "
+        f"use dtype=bfloat16, then rerun (or --init_from=resume from the last checkpoint)")
+
+
+# ------------------------------------------------------------------ the run
 
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (final step, losses). Raises on user errors."""
     check_config(cfg)
-    existing = [f for f in (LATEST, BEST) if os.path.exists(os.path.join(cfg.out_dir, f))]
-    if cfg.init_from != "resume" and existing:
-        raise ConfigError(f"{cfg.out_dir} already holds a checkpoint ({', '.join(existing)}) that a new run would "
-                          f"overwrite; continue it with --init_from=resume, or use another --out_dir (or delete "
-                          f"{cfg.out_dir} to start over)")
-
-    # -------------------------------------------------------------- device, dtype, distributed
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
-    rank, local_rank, world_size = 0, 0, 1
+    refuse_to_overwrite(cfg)
     device, device_reason = hardware.pick_device(cfg.device)
-    if ddp:
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-        world_size = int(os.environ["WORLD_SIZE"])
-        if device.startswith("cuda"):
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo")
-        dist.init_process_group(backend=backend)
-    master = rank == 0
+    with distributed.setup(device, cfg.backend) as env:
+        dtype, amp, accum_steps, tokens_per_step = setup_device(cfg, env, device_reason)
+        train_loader, val_set, tok_record = load_data(cfg, env)
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if cfg.init_from == "resume" else None
+        raw_model = init_model(cfg, ckpt, tok_record, env)  # saved and evaluated unwrapped: canonical keys
+        model, optimizer, scaler = setup_optimizer(raw_model, cfg, env, dtype)
+        state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
+        log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_id,
+                     {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
+                      "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device)})
+        state.wandb_id = log.wandb.id or state.wandb_id
+        flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
+        stop, start_step, elapsed_before, t0 = StopFlag(), state.step, state.elapsed, time.time()
+        x, y, batch_state = train_loader.next_batch()
+        last_loss = val_loss = None
+        try:
+            for step in range(start_step, cfg.max_iters + 1):
+                state.step, state.elapsed = step, elapsed_before + time.time() - t0
+                last_step = step == cfg.max_iters
+                row = {"step": step, "tokens": step * tokens_per_step}
+                # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
+                # its first step: the same number as before the stop, a check that the model came back intact)
+                resumed_val = ckpt["val_loss"] if ckpt is not None and step == start_step else None
+                if step % cfg.eval_interval == 0 or last_step or resumed_val is not None:
+                    row["val_loss"] = val_loss = evaluate(raw_model, val_set, amp, env)
+                    env.print0(f"step {step}: val loss {val_loss:.4f}" +
+                               (f" (before the stop: {resumed_val:.4f})" if resumed_val is not None else ""))
+                    names = ((LATEST,) if cfg.always_save_checkpoint or last_step else ()) + \
+                            ((BEST,) if val_loss < state.best_val_loss else ())
+                    state.best_val_loss = min(state.best_val_loss, val_loss)
+                    if step > start_step and names:
+                        save_run(cfg.out_dir, names, raw_model, optimizer, scaler, cfg, state, val_loss, tok_record, env)
+                if last_step:
+                    log.record({**row, "elapsed": elapsed_before + time.time() - t0})
+                    break
 
-    def print0(*args, **kwargs):
-        if master:
-            print(*args, **kwargs, flush=True)
+                # ---- one optimizer update: accum_steps micro-batches, then clip, step
+                t_step = time.time()
+                lr = get_lr(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = torch.zeros((), device=env.device)
+                for micro in range(accum_steps):
+                    sync = not env.ddp or micro == accum_steps - 1  # all-reduce gradients on the last micro-step only
+                    with (nullcontext() if sync else model.no_sync()), amp:
+                        _, loss = model(x, y)
+                    state.loader = batch_state  # this batch is consumed
+                    x, y, batch_state = train_loader.next_batch()  # prefetch the next batch while the GPU works
+                    scaler.scale(loss / accum_steps).backward()
+                    loss_sum += loss.detach()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf")).item()
+                last_loss = env.all_mean(loss_sum / accum_steps).item()
+                if not math.isfinite(last_loss) or (not math.isfinite(grad_norm) and not scaler.is_enabled()):
+                    raise diverged(last_loss, grad_norm, step, cfg)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                hardware.synchronize(env.device)
+                dt = time.time() - t_step
 
-    dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, device)
-    accum_steps, tokens_per_step = resolve_batch(cfg, world_size)
-    torch.manual_seed(cfg.seed)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: free speed, tiny error
-        torch.backends.cudnn.allow_tf32 = True
-    amp = hardware.autocast(device, dtype)
-    print0(f"device: {device} ({hardware.device_name(device)}; {device_reason}), world size {world_size}")
-    print0(f"dtype: {dtype} ({dtype_reason})")
-    print0(f"batch: {tokens_per_step:,} tokens/update = {cfg.batch_size} seqs x {cfg.block_size} tokens "
-           f"x {accum_steps} micro-steps x {world_size} processes")
+                if step % cfg.log_interval == 0:
+                    mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
+                    mem, mem_kind = hardware.peak_memory(env.device)
+                    row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,
+                               elapsed=elapsed_before + time.time() - t0, peak_mem_gib=mem)
+                    env.print0(f"step {step}: loss {last_loss:.4f} | lr {lr:.3e} | grad norm {grad_norm:.3f} | "
+                               f"{tokens_per_step / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
+                               f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms")
+                if len(row) > 2:
+                    log.record(row)
+                if env.any(stop.signal is not None):  # every rank stops at the same step
+                    state.step, state.elapsed = step + 1, elapsed_before + time.time() - t0
+                    save_run(cfg.out_dir, (LATEST,), raw_model, optimizer, scaler, cfg, state, None, tok_record, env)
+                    env.print0(f"stopped after step {step + 1}; continue with --init_from=resume")
+                    break
+        finally:
+            stop.restore()
+            log.close()
+    return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}
 
-    # -------------------------------------------------------------- data
-    data_dir = cfg.data_dir or os.path.join(REPO, "data", cfg.dataset)
-    meta = read_meta(data_dir)
-    tokenizer = {"name": meta.get("tokenizer", "gpt2"), "eot_id": meta.get("eot_id", 50256),
-                 "vocab_size": meta.get("vocab_size", 50257)}
-    train_loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, cfg.seed, rank, world_size, device)
-    val_set = ValSet(data_dir, cfg.batch_size, cfg.block_size, cfg.eval_iters, device)
 
-    # -------------------------------------------------------------- model
-    ckpt = None
-    if cfg.init_from == "resume":
-        ckpt_path = os.path.join(cfg.out_dir, LATEST)
-        ckpt = load_checkpoint(ckpt_path)
-        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["model_args"].items()
-                   if hasattr(cfg, k) and getattr(cfg, k) != v and k != "dropout"}
-        if changed:
-            print0(f"resume: model shape comes from the checkpoint; ignoring {changed} (checkpoint, config)")
-        model = build_model(ckpt, ckpt_path, dropout=cfg.dropout)
-    elif cfg.init_from.startswith("gpt2"):
-        model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
-        print0(f"init: OpenAI {cfg.init_from} weights; the model shape comes from them (n_layer/n_head/n_embd ignored)")
-    else:
-        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
-    if model.config.block_size < cfg.block_size:
-        raise ConfigError(f"block_size={cfg.block_size} exceeds the model's {model.config.block_size}")
-    if tokenizer["vocab_size"] > model.config.vocab_size:
-        raise ConfigError(f"the data's tokenizer ({tokenizer['name']}) has {tokenizer['vocab_size']} tokens but the "
-                          f"model only {model.config.vocab_size} embeddings; raise vocab_size")
-    model.to(device)
-    counts = model.num_params()
-    print0(f"model: {counts['total'] / 1e6:.2f}M parameters = {counts['wte'] / 1e6:.2f}M token embedding "
-           f"(shared with the output head) + {counts['wpe'] / 1e6:.2f}M position embedding + "
-           f"{counts['blocks'] / 1e6:.2f}M in the blocks")
-
-    # -------------------------------------------------------------- optimizer
-    optimizer, optimizer_kind = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
-    start_step, best_val, elapsed_before, wandb_id = 0, float("inf"), 0.0, None
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        train_loader.load_state_dict(ckpt["loader"])
-        start_step, best_val = ckpt["step"], ckpt["best_val_loss"]
-        elapsed_before, wandb_id = ckpt.get("elapsed", 0.0), ckpt.get("wandb_run_id")
-        old_cfg = ckpt["config"]
-        if (old_cfg["lr_decay_iters"] or old_cfg["max_iters"]) != (cfg.lr_decay_iters or cfg.max_iters):
-            print0(f"resume: cosine schedule now ends at step {cfg.lr_decay_iters or cfg.max_iters} (was "
-                   f"{old_cfg['lr_decay_iters'] or old_cfg['max_iters']}): lr at step {start_step} goes from "
-                   f"{get_lr(start_step, TrainConfig(**old_cfg)):.3g} to {get_lr(start_step, cfg):.3g}")
-        print0(f"resume: from step {start_step} of {cfg.out_dir}/{LATEST}, best val loss {best_val:.4f}")
-        if start_step > cfg.max_iters:
-            raise ConfigError(f"the checkpoint is at step {start_step}, past max_iters={cfg.max_iters}; "
-                              f"raise max_iters to continue")
-
-    # -------------------------------------------------------------- compile and DDP wrap
-    raw_model = model  # saved and evaluated without compile/DDP wrappers: canonical keys
-    use_compile, compile_reason = hardware.pick_compile(cfg.compile, device)
-    print0(f"optimizer: AdamW ({optimizer_kind}); compile: {compile_reason}")
-    if use_compile:
-        model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None)
-
-    # -------------------------------------------------------------- run directory, logging
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump({"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
-                       "world_size": world_size, "dtype": dtype, "device": hardware.device_name(device)}, f, indent=2)
-    print0("config:\n" + format_config(cfg))
-    metrics = open_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_step if ckpt else None) if master else None
-    logger = NullLogger()
-    if cfg.wandb_log and master:
-        import wandb
-        logger = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or os.path.basename(cfg.out_dir.rstrip("/")),
-                            id=wandb_id, resume="allow", config=asdict(cfg), dir=cfg.out_dir)
-        wandb_id = logger.id  # stored in checkpoints so a resumed run continues the same wandb run
-    peak = cfg.peak_tflops or (hardware.peak_tflops(hardware.device_name(device)) if device.startswith("cuda") else None)
-    flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
-
-    # -------------------------------------------------------------- helpers
-    def all_mean(value: torch.Tensor) -> torch.Tensor:
-        if ddp:
-            dist.all_reduce(value)  # SUM: gloo has no AVG
-            value /= world_size
-        return value
-
-    @torch.no_grad()
-    def evaluate() -> float:
-        """Mean loss over the fixed val windows, split across ranks."""
-        raw_model.eval()
-        total = torch.zeros(2, device=device)  # (sum of batch losses, batches)
-        for x, y in val_set.batches(rank, world_size):
-            with amp:
-                _, loss = raw_model(x, y)
-            total += torch.stack([loss.float(), torch.ones((), device=device)])
-        if ddp:
-            dist.all_reduce(total)
-        raw_model.train()
-        return (total[0] / total[1]).item()
-
-    def all_rng_states() -> list[dict]:
-        """Every rank's RNG state (dropout masks differ per rank); called on all ranks, kept by rank 0."""
-        states = [rng_state()]
-        if ddp:
-            states = [None] * world_size
-            dist.all_gather_object(states, rng_state())
-        return states
-
-    def save(step: int, val_loss: float | None, to: tuple[str, ...]) -> None:
-        """Write the checkpoint (on every rank's call; rank 0 writes) to LATEST and/or BEST."""
-        rngs = all_rng_states()
-        if not master:
-            return
-        state = {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config),
-                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "best_val_loss": best_val, "val_loss": val_loss, "config": asdict(cfg), "rng": rngs,
-                 "loader": train_loader.state_dict(prefetched=1), "tokenizer": tokenizer, "wandb_run_id": wandb_id,
-                 "elapsed": elapsed_before + time.time() - t0}
-        first = os.path.join(cfg.out_dir, to[0])
-        save_checkpoint(state, first)
-        for name in to[1:]:  # the same bytes under a second name
-            publish_copy(first, os.path.join(cfg.out_dir, name))
-        print0(f"saved {' and '.join(to)} in {cfg.out_dir} at step {step}")
-
-    def record(row: dict) -> None:
-        if metrics:
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
-        logger.log(row, step=row["step"])
-
-    # -------------------------------------------------------------- training loop
-    rngs = (ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]) if ckpt is not None else []
-    if len(rngs) == world_size:
-        set_rng_state(rngs[rank])
-    else:  # a new run, or a resume on another number of processes: same batches, new dropout masks
-        if rngs:
-            set_rng_state(rngs[0])
-            print0(f"resume: {len(rngs)} process(es) saved RNG states, {world_size} now: dropout masks will differ")
-        if rank:
-            torch.manual_seed(cfg.seed + rank + start_step)  # different dropout masks per rank
-    stop = StopFlag()
-    try:
-        t0 = time.time()
-        last_loss, val_loss = None, None
-        x, y = train_loader.next_batch()
-        raw_model.train()
-        for step in range(start_step, cfg.max_iters + 1):
-            last_step = step == cfg.max_iters
-            row = {"step": step, "tokens": step * tokens_per_step}
-            # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
-            # its first step: the same number as before the stop, a check that the model came back intact)
-            resumed_val = ckpt.get("val_loss") if ckpt is not None and step == start_step else None
-            if step % cfg.eval_interval == 0 or last_step or resumed_val is not None:
-                val_loss = evaluate()
-                row["val_loss"] = val_loss
-                print0(f"step {step}: val loss {val_loss:.4f}" +
-                       (f" (before the stop: {resumed_val:.4f})" if resumed_val is not None else ""))
-                is_best = val_loss < best_val
-                best_val = min(best_val, val_loss)
-                if step > start_step:
-                    latest = (LATEST,) if cfg.always_save_checkpoint or last_step else ()
-                    if latest or is_best:
-                        save(step, val_loss, latest + ((BEST,) if is_best else ()))
-            if last_step:
-                row["elapsed"] = elapsed_before + time.time() - t0
-                record(row)
-                break
-
-            # ---- one optimizer update: accum_steps micro-batches, then clip, step
-            t_step = time.time()
-            lr = get_lr(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum_steps):
-                sync = not ddp or micro == accum_steps - 1  # all-reduce gradients on the last micro-step only
-                with (nullcontext() if sync else model.no_sync()), amp:
-                    _, loss = model(x, y)
-                x, y = train_loader.next_batch()  # prefetch the next batch while the GPU works
-                scaler.scale(loss / accum_steps).backward()
-                loss_sum += loss.detach()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
-            step_loss = all_mean(loss_sum / accum_steps).item()
-            if not math.isfinite(step_loss) or (not math.isfinite(grad_norm.item()) and not scaler.is_enabled()):
-                raise TrainingError(
-                    f"loss is {step_loss} (grad norm {grad_norm.item()}) at step {step}: training diverged. Nothing was "
-                    f"saved after the last good checkpoint in {cfg.out_dir}. Lower learning_rate, keep grad_clip=1.0, or "
-                    f"use dtype=bfloat16, then rerun (or --init_from=resume from the last checkpoint)")
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            dt = time.time() - t_step
-            last_loss = step_loss
-
-            if step % cfg.log_interval == 0:
-                tok_s = tokens_per_step / dt
-                mfu = flops_per_step / dt / (peak * 1e12 * world_size) if peak else None
-                mem, mem_kind = hardware.peak_memory(device)
-                row.update(loss=step_loss, lr=lr, grad_norm=grad_norm.item(), tok_per_s=tok_s, mfu=mfu,
-                           elapsed=elapsed_before + time.time() - t0, peak_mem_gib=mem)
-                print0(f"step {step}: loss {step_loss:.4f} | lr {lr:.3e} | grad norm {grad_norm.item():.3f} | "
-                       f"{tok_s:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
-                       f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms")
-            if len(row) > 2:
-                record(row)
-
-            stop_now = torch.tensor([stop.signal is not None], dtype=torch.int32, device=device)
-            if ddp:
-                dist.all_reduce(stop_now)  # every rank stops at the same step
-            if stop_now.item():
-                save(step + 1, None, (LATEST,))
-                print0(f"stopped after step {step + 1}; continue with --init_from=resume")
-                break
-    finally:
-        stop.restore()
-        if metrics:
-            metrics.close()
-        logger.finish()
-        if ddp:
-            dist.destroy_process_group()
-    return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": best_val}
+def fail(message: str) -> NoReturn:
+    """Exit with the message; under torchrun one process per machine prints it, the others exit quietly."""
+    sys.exit(message if distributed.prints_errors() else 1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(TrainConfig, "train.py", argv)
+    try:
+        cfg = parse_config(TrainConfig, sys.argv[1:] if argv is None else argv, "train.py")
+    except ConfigError as e:
+        fail(f"train.py: config error: {e}")
     try:
         train(cfg)
     except (ConfigError, ShardError, CheckpointError, TrainingError, ValueError) as e:
-        sys.exit(f"train.py: error: {e}")
+        fail(f"train.py: error: {e}")
     except torch._dynamo.exc.BackendCompilerFailed as e:  # no C compiler, a triton that does not fit the GPU, ...
-        sys.exit(f"train.py: error: torch.compile could not build the model on this machine "
-                 f"({str(e).strip().splitlines()[0][:300]}); run again with --compile=False")
+        fail(f"train.py: error: torch.compile could not build the model on this machine "
+             f"({str(e).strip().splitlines()[0][:300]}); run again with --compile=False")
     except OSError as e:  # a full disk or an unwritable out_dir while saving, ...
-        sys.exit(f"train.py: error: {e}\nA checkpoint already in out_dir is intact (every save is atomic): fix that, "
-                 f"then continue with --init_from=resume")
+        fail(f"train.py: error: {e}\nA checkpoint already in out_dir is intact (every save is atomic): fix that, "
+             f"then continue with --init_from=resume")
 
 
 if __name__ == "__main__":

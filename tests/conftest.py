@@ -1,7 +1,9 @@
-"""Shared fixtures: offline GPT-2 BPE (from ../shared/data), real FineWeb shards, tiny configs."""
+"""Shared fixtures: synthetic shards, offline GPT-2 BPE and real FineWeb shards (from ../shared/data), tiny configs."""
+import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,3 +59,41 @@ def shards(tiktoken_cache, parquet_files, tmp_path_factory):
     prepare.main([f"--input={','.join(parquet_files[:4])}", f"--out_dir={out}", "--val_tokens=20000",
                   "--shard_size=200000", "--progress=False"])
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory):
+    """Two train shards and a val shard of one random Markov chain over 512 GPT-2 token ids (each id has
+    4 equally likely successors): learnable like text (loss falls far below ln(vocab) within tens of
+    steps), built in a fraction of a second, no tokenizer or ../shared/data needed. No meta.json, like
+    llm.c's shards, so the tokenizer is taken to be GPT-2's."""
+    from dataloader import header_for
+    rng = np.random.default_rng(0)
+    vocab, successors = rng.choice(50257, 512, replace=False), rng.integers(0, 512, (512, 4))
+    picks = rng.integers(0, 4, 220_000)
+    state, chain = 0, np.empty(len(picks), dtype=np.uint16)
+    for i, pick in enumerate(picks.tolist()):
+        chain[i] = vocab[state]
+        state = successors[state, pick]
+    out = tmp_path_factory.mktemp("synthetic")
+    for name, tokens in (("syn_val_000000.bin", chain[:20_000]), ("syn_train_000001.bin", chain[20_000:120_000]),
+                         ("syn_train_000002.bin", chain[120_000:])):
+        with open(out / name, "wb") as f:
+            f.write(header_for(np.dtype(np.uint16), len(tokens)).tobytes() + tokens.tobytes())
+    return str(out)
+
+
+def run_train(data_dir, out, *extra):
+    """train.train() on the TINY model, as the command line would build its config."""
+    import train
+    from configurator import parse_config
+    return train.train(parse_config(train.TrainConfig, [*TINY, f"--data_dir={data_dir}", f"--out_dir={out}", *extra]))
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(out):
+    return {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}

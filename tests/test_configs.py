@@ -8,7 +8,7 @@ import pytest
 import train
 from configurator import parse_config
 from conftest import ROOT
-from model import GPTConfig, count_params
+from model import count_params
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
 
@@ -17,8 +17,7 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
 def test_config_loads_and_its_comment_states_the_real_size(path):
     cfg = parse_config(train.TrainConfig, [path])
     train.check_config(cfg)
-    model = GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
-                      n_head=cfg.n_head, n_embd=cfg.n_embd, bias=cfg.bias)
+    model = train.model_config(cfg)
     stated = re.search(r"([\d.]+)M parameters", open(path).read())
     assert stated, "each config says its parameter count"
     assert float(stated.group(1)) == round(count_params(model)["total"] / 1e6, 1)

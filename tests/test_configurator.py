@@ -11,6 +11,7 @@ from configurator import ConfigError, key, parse_config
 @dataclass
 class Cfg:
     out_dir: str = key("out", "where")
+    dtype: str = key("auto", "precision", choices=("auto", "float32", "bfloat16"))
     batch_size: int = key(8, "sequences")
     learning_rate: float = key(6e-4, "lr")
     compile: bool | None = key(None, "compile")
@@ -67,6 +68,7 @@ def test_space_separated_value_gets_a_hint():
         parse_config(Cfg, ["--batch_size", "4"])
 
 
+@pytest.mark.slow
 def test_train_help_lists_every_key_with_type_default_and_meaning():
     import train
     out = subprocess.run([sys.executable, train.__file__, "--help"], capture_output=True, text=True, check=True).stdout
@@ -76,6 +78,7 @@ def test_train_help_lists_every_key_with_type_default_and_meaning():
     assert out.count("\n  --") == len(train.TrainConfig.__dataclass_fields__)
 
 
+@pytest.mark.slow
 def test_train_cli_error_is_a_message_not_a_traceback():
     import train
     r = subprocess.run([sys.executable, train.__file__, "--max_iter=10"], capture_output=True, text=True)
@@ -92,3 +95,15 @@ def test_broken_config_file_points_at_its_line(tmp_path, source, expected):
     f.write_text(source)
     with pytest.raises(ConfigError, match=expected):
         parse_config(Cfg, [str(f)])
+
+
+def test_a_value_outside_the_declared_choices_lists_them(tmp_path):
+    with pytest.raises(ConfigError, match="'dtype' must be one of 'auto', 'float32', 'bfloat16', got 'bfloat-16'; "
+                                          "did you mean 'bfloat16'"):
+        parse_config(Cfg, ["--dtype=bfloat-16"])
+    f = tmp_path / "c.py"
+    f.write_text("dtype = 'fp8'\n")
+    with pytest.raises(ConfigError, match="'dtype' must be one of .*, got 'fp8'$"):
+        parse_config(Cfg, [str(f)])
+    assert parse_config(Cfg, ["--dtype=float32"]).dtype == "float32"
+

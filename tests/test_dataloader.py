@@ -57,7 +57,7 @@ def test_batches_are_deterministic_shifted_and_cover_an_epoch_without_repeats(tm
     assert a.windows.total == 64
     seen = []
     for _ in range(16):  # exactly one epoch
-        (xa, ya), (xb, yb) = a.next_batch(), b.next_batch()
+        (xa, ya, _), (xb, yb, _) = a.next_batch(), b.next_batch()
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
         assert np.array_equal(xa[:, 1:], ya[:, :-1])  # targets are the inputs shifted by one
         seen += [tuple(r) for r in xa.tolist()]
@@ -79,8 +79,9 @@ def test_position_restores_exactly(tmp_path):
     d = make_dir(tmp_path)
     a = TrainLoader(d, 4, 32, seed=5)
     for _ in range(7):
-        a.next_batch()
+        *_, after = a.next_batch()
     state = a.state_dict()
+    assert after == state  # the state handed out with a batch is the state once it is consumed
     b = TrainLoader(d, 4, 32, seed=5)
     b.load_state_dict(state)
     for _ in range(5):
@@ -99,6 +100,9 @@ def test_val_set_is_fixed_and_split_across_ranks(tmp_path):
     assert np.array_equal(once[0][0][0], open_shard(os.path.join(d, "x_val_000000.bin"))[:32])  # the first val tokens
     split = list(v.batches(0, 2)) + list(v.batches(1, 2))
     assert len(split) == 5
+    rows = lambda batches: sorted(tuple(r) for x, _ in batches for r in x.tolist())  # noqa: E731
+    assert len(set(rows(v.batches(0, 2))) & set(rows(v.batches(1, 2)))) == 0  # the ranks are disjoint
+    assert rows(split) == rows(once)  # and together they are the whole val set
     with pytest.raises(ValueError, match="lower eval_iters \\(at most 39\\)"):
         ValSet(d, 4, 32, num_batches=1000)
 

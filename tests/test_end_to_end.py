@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import PARQUET_DIR, ROOT
 
 
@@ -13,6 +15,7 @@ def run(*args, env):
     return r
 
 
+@pytest.mark.slow
 def test_prepare_train_sample_export_from_the_command_line(tiktoken_cache, parquet_files, tmp_path):
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": tiktoken_cache, "OMP_NUM_THREADS": "2"}
     data, out = tmp_path / "data", tmp_path / "out-tiny"

@@ -1,4 +1,6 @@
-"""Device, dtype and compile choices are explained, and wrong requests are refused clearly."""
+"""Device, dtype and compile choices are explained, wrong requests are refused clearly; MFU and memory."""
+import os
+
 import pytest
 
 import hardware
@@ -23,5 +25,26 @@ def test_bad_requests_say_what_to_do():
 
 
 def test_peak_memory_reports_the_process_rss_on_cpu():
+    status = "/proc/self/status"
+    if not os.path.exists(status):
+        pytest.skip("needs Linux's /proc/self/status to read the peak RSS independently")
     gib, kind = hardware.peak_memory("cpu")
-    assert kind == "rss" and 0.01 < gib < 64
+    with open(status) as f:  # VmHWM: the kernel's own peak resident set size, in kB
+        hwm_gib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+    assert kind == "rss" and gib == pytest.approx(hwm_gib, abs=0.01)  # same quantity, same unit (GiB)
+
+
+def test_mfu_needs_a_known_peak():
+    assert hardware.mfu(5e12, "cpu") is None  # no CPU peak is guessed
+    assert hardware.mfu(5e12, "cpu", override_tflops=10.0) == pytest.approx(0.5)
+    assert hardware.mfu(5e12, "cpu", override_tflops=10.0, world_size=2) == pytest.approx(0.25)
+
+
+def test_mfu_table_and_unknown_devices():
+    assert hardware.peak_tflops("NVIDIA GeForce RTX 4070") == 58.3
+    assert hardware.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert hardware.peak_tflops("NVIDIA H100 PCIe") == 756.5
+    assert hardware.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert hardware.peak_tflops("NVIDIA H200") == 989.4
+    for unknown in ("NVIDIA GeForce RTX 4070 Ti", "NVIDIA GeForce RTX 4090 Laptop GPU", "cpu", "NVIDIA A10G"):
+        assert hardware.peak_tflops(unknown) is None

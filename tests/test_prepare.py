@@ -225,6 +225,7 @@ def test_hf_dataset_streaming_with_max_docs(tiktoken_cache, parquet_files, tmp_p
     assert docs_in(tmp_path, "val") + docs_in(tmp_path, "train") == [r["text"] for r in rows[:30]]
 
 
+@pytest.mark.slow
 def test_cli_error_has_no_traceback(tiktoken_cache, tmp_path):
     import subprocess
     import sys

@@ -17,12 +17,9 @@ from __future__ import annotations
 import collections
 import errno
 import glob
-import gzip
 import json
 import os
-import queue
 import sys
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -32,12 +29,14 @@ from typing import Iterator
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import tokenizer  # noqa: E402
+from atomic import AtomicFile, write_json  # noqa: E402
 from configurator import cli, key  # noqa: E402
-from dataloader import header_for  # noqa: E402
+from dataloader import PREPARE_STATE, header_for  # noqa: E402
+from readers import (PrepareError, Source, download_hf_files, expand_inputs, parquet_rows, prefetch,  # noqa: E402
+                     read_jsonl, read_parquet, read_txt, stream_hf_dataset)
 
 FORMAT_VERSION = 1
-STATE_FILE = ".prepare_state.json"
-SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".txt")
 
 
 @dataclass
@@ -59,191 +58,10 @@ class PrepareConfig:
     val_docs: int = key(0, "if > 0: number of documents in the val split (overrides val_tokens)")
     num_threads: int = key(0, "tokenizer threads (0 = all cores)")
     batch_docs: int = key(1024, "documents read and tokenized per batch")
-    on_error: str = key("fail", "bad document/file: 'fail' stops (finished shards are kept), 'skip' reports and goes on")
+    on_error: str = key("fail", "bad document/file: 'fail' stops (finished shards are kept), 'skip' reports and goes on",
+                        choices=("fail", "skip"))
     overwrite: bool = key(False, "delete this prefix's shards, meta.json and state in out_dir and start over")
     progress: bool = key(True, "show a progress bar")
-
-
-class PrepareError(RuntimeError):
-    """A problem the user can fix; printed without a traceback."""
-
-
-# ----------------------------------------------------------------------------- sources
-
-@dataclass
-class Source:
-    name: str        # path, or hf://dataset/config/split for a stream
-    size: int        # bytes on disk (0 for a stream)
-    rows: int | None  # documents, when known up front (parquet metadata)
-
-
-def expand_inputs(spec: str) -> list[str]:
-    """Files named by comma-separated paths, folders and globs, in a stable order."""
-    paths: list[str] = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        part = os.path.expanduser(part)
-        if os.path.isdir(part):
-            found = sorted(p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True)
-                           if p.endswith(SUFFIXES))
-            if not found:
-                raise PrepareError(f"folder {part} holds no {', '.join(SUFFIXES)} files")
-        elif any(c in part for c in "*?["):
-            found = sorted(glob.glob(part, recursive=True))
-            if not found:
-                raise PrepareError(f"--input pattern {part!r} matches no files")
-        elif os.path.exists(part):
-            found = [part]
-        else:
-            raise PrepareError(f"input file {part} does not exist")
-        for p in found:
-            if not p.endswith(SUFFIXES):
-                raise PrepareError(f"{p}: unsupported file type; use {', '.join(SUFFIXES)}")
-        paths += found
-    return paths
-
-
-def download_hf_files(repo: str, files: str) -> list[str]:
-    """Local paths of repo files, downloaded by huggingface_hub (cached; interrupted downloads resume)."""
-    from huggingface_hub import hf_hub_download
-    paths = []
-    for name in [f.strip() for f in files.split(",") if f.strip()]:
-        try:
-            paths.append(hf_hub_download(repo_id=repo, filename=name, repo_type="dataset"))
-        except Exception as e:  # offline, missing file, auth: all end the same way for the user
-            raise PrepareError(
-                f"could not download {name} from the Hugging Face dataset {repo}: {type(e).__name__}: {e}\n"
-                f"Check your internet connection and the file name, or download the file yourself and "
-                f"pass --input=PATH") from None
-    return paths
-
-
-def parquet_rows(path: str) -> int | None:
-    """Row count from the footer, for the progress bar; None if unreadable (reported when read)."""
-    import pyarrow.parquet as pq
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except Exception:
-        return None
-
-
-def read_parquet(path: str, column: str, start: int, batch_docs: int) -> Iterator[list]:
-    """Batches of texts (None for nulls) from row `start` on, one record batch at a time."""
-    import pyarrow.parquet as pq
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    if column not in names:
-        raise PrepareError(f"{path} has no column {column!r}; its columns are {names}; pass --text_column=NAME")
-    first_rg, before = 0, 0  # skip whole row groups on resume without decoding them
-    while first_rg < pf.num_row_groups and before + pf.metadata.row_group(first_rg).num_rows <= start:
-        before += pf.metadata.row_group(first_rg).num_rows
-        first_rg += 1
-    row = before
-    # one row group at a time: pyarrow's reader over many row groups reads far ahead (GBs on big files)
-    for rg in range(first_rg, pf.num_row_groups):
-        for batch in pf.iter_batches(batch_size=batch_docs, row_groups=[rg], columns=[column], use_threads=False):
-            texts = batch.column(0).to_pylist()
-            skip = max(0, start - row)
-            row += len(texts)
-            if skip < len(texts):
-                yield texts[skip:]
-
-
-def read_jsonl(path: str, column: str, start: int, batch_docs: int, report) -> Iterator[list]:
-    opener = gzip.open if path.endswith(".gz") else open
-    batch: list = []
-    with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if lineno - 1 < start:
-                continue
-            text = None
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict) or column not in obj:
-                    fields = list(obj) if isinstance(obj, dict) else type(obj).__name__
-                    report(f"{path}:{lineno}: no {column!r} field (has {fields}); pass --text_column=NAME")
-                else:
-                    text = obj[column]
-            except UnicodeDecodeError as e:
-                report(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}")
-            except json.JSONDecodeError as e:
-                report(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})")
-            batch.append(text)
-            if len(batch) == batch_docs:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def read_txt(path: str, start: int, report) -> Iterator[list]:
-    if start > 0:
-        return
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        yield [raw.decode("utf-8")]
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        report(f"{path}:{line}: invalid UTF-8 at byte {e.start}")
-        yield [None]
-
-
-def stream_hf_dataset(cfg: PrepareConfig, start: int) -> Iterator[list]:
-    """Stream documents with `datasets` (no full download)."""
-    try:
-        import datasets
-        ds = datasets.load_dataset(cfg.hf_dataset, name=cfg.hf_config or None, split=cfg.hf_split, streaming=True)
-        batch: list = []
-        for i, row in enumerate(ds):
-            if i < start:
-                continue
-            batch.append(row.get(cfg.text_column))
-            if len(batch) == cfg.batch_docs:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-    except PrepareError:
-        raise
-    except Exception as e:
-        raise PrepareError(
-            f"could not stream {cfg.hf_dataset} ({cfg.hf_config}, {cfg.hf_split}): {type(e).__name__}: {e}\n"
-            f"Check your internet connection and the dataset name, or download parquet files and "
-            f"pass --input=PATH") from None
-
-
-def prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Run a reader in a thread so file decoding overlaps tokenization; re-raises its errors."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():  # the consumer may stop early (max_docs, an error): then give up
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def work():
-        try:
-            for item in it:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as e:  # handed to the consumer
-            put(e)
-
-    threading.Thread(target=work, daemon=True).start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 # ----------------------------------------------------------------------------- shards
@@ -257,46 +75,31 @@ class ShardWriter:
 
     def open(self, split: str, index: int) -> None:
         self.name = f"{self.prefix}_{split}_{index:06d}.bin"
-        self.tmp = os.path.join(self.out_dir, self.name + ".tmp")
-        self.file = open(self.tmp, "wb")
-        self.file.write(header_for(self.dtype, 0).tobytes())  # placeholder until the count is known
+        self.file = AtomicFile(os.path.join(self.out_dir, self.name))
+        self.file.file.write(header_for(self.dtype, 0).tobytes())  # placeholder until the count is known
         self.tokens = self.docs = 0
 
     def write(self, tokens: np.ndarray, docs: int) -> None:
-        self.file.write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
+        self.file.file.write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
         self.tokens += len(tokens)
         self.docs += docs
 
     def close(self) -> dict:
-        """Finish the shard: real header, fsync, rename. Returns its manifest entry."""
-        self.file.seek(0)
-        self.file.write(header_for(self.dtype, self.tokens).tobytes())
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        """Finish the shard: real header, then publish it under its final name. Returns its manifest entry."""
+        self.file.file.seek(0)
+        self.file.file.write(header_for(self.dtype, self.tokens).tobytes())
+        self.file.commit()
         self.file = None
-        os.replace(self.tmp, os.path.join(self.out_dir, self.name))
         return {"file": self.name, "tokens": self.tokens, "docs": self.docs}
 
     def abort(self) -> None:
         if self.file is not None:
-            self.file.close()
+            self.file.abort()
             self.file = None
-            if os.path.exists(self.tmp):
-                os.remove(self.tmp)
-
-
-def write_json_atomic(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def clean_out_dir(out_dir: str, prefix: str) -> None:
-    for pattern in (f"{prefix}_train_*.bin*", f"{prefix}_val_*.bin*", "meta.json", STATE_FILE):
+    for pattern in (f"{prefix}_train_*.bin*", f"{prefix}_val_*.bin*", "meta.json", PREPARE_STATE):
         for p in glob.glob(os.path.join(out_dir, pattern)):
             os.remove(p)
 
@@ -307,21 +110,15 @@ class Prepare:
     """One run of the pipeline: sources -> tokens -> val shard(s) then train shards."""
 
     def __init__(self, cfg: PrepareConfig):
-        import tiktoken
-        if cfg.on_error not in ("fail", "skip"):
-            raise PrepareError(f"--on_error must be 'fail' or 'skip', got {cfg.on_error!r}")
         if cfg.val_tokens <= 0 and cfg.val_docs <= 0:
             raise PrepareError("train.py evaluates on a val split: set --val_tokens or --val_docs above 0")
         if cfg.shard_size <= 0 or cfg.batch_docs <= 0:
             raise PrepareError("--shard_size and --batch_docs must be positive")
         self.cfg = cfg
         try:
-            self.enc = tiktoken.get_encoding(cfg.tokenizer)
-        except ValueError as e:
-            raise PrepareError(f"unknown tokenizer {cfg.tokenizer!r}: {e}") from None
-        except Exception as e:  # the BPE file is downloaded on first use
-            raise PrepareError(f"could not load tiktoken encoding {cfg.tokenizer!r} ({type(e).__name__}: {e}); "
-                               f"it is downloaded on first use: check your connection or TIKTOKEN_CACHE_DIR") from None
+            self.enc = tokenizer.load_encoding(cfg.tokenizer)
+        except tokenizer.TokenizerError as e:
+            raise PrepareError(str(e)) from None
         if self.enc.n_vocab > 2**32:
             raise PrepareError(f"{cfg.tokenizer} has {self.enc.n_vocab} tokens; shards store at most uint32 ids")
         # uint16 holds ids < 65536 (llm.c's format); larger vocabularies get llm.c's uint32 header
@@ -355,7 +152,7 @@ class Prepare:
             clean_out_dir(cfg.out_dir, cfg.prefix)
         for p in glob.glob(os.path.join(cfg.out_dir, f"{cfg.prefix}_*.bin.tmp")):
             os.remove(p)  # an interrupted shard; it is rewritten from the saved cursor
-        path = os.path.join(cfg.out_dir, STATE_FILE)
+        path = os.path.join(cfg.out_dir, PREPARE_STATE)
         existing = glob.glob(os.path.join(cfg.out_dir, f"{cfg.prefix}_*_*.bin"))
         if not os.path.exists(path):
             if existing:
@@ -377,7 +174,7 @@ class Prepare:
     def _save_state(self, state: dict, cursor: tuple[int, int]) -> None:
         state["cursor"] = list(cursor)
         state["sources"] = [[s.name, s.size] for s in self.sources[:cursor[0] + 1]]
-        write_json_atomic(os.path.join(self.cfg.out_dir, STATE_FILE), state)
+        write_json(os.path.join(self.cfg.out_dir, PREPARE_STATE), state)
 
     # -- reading
 
@@ -393,7 +190,7 @@ class Prepare:
     def _read(self, source: Source, start: int) -> Iterator[list]:
         cfg = self.cfg
         if source.name.startswith("hf://"):
-            return stream_hf_dataset(cfg, start)
+            return stream_hf_dataset(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.text_column, start, cfg.batch_docs)
         if source.name.endswith(".parquet"):
             return read_parquet(source.name, cfg.text_column, start, cfg.batch_docs)
         if source.name.endswith(".txt"):
@@ -422,7 +219,7 @@ class Prepare:
         cfg = self.cfg
         self.state = state = self._load_state()
         meta_path = os.path.join(cfg.out_dir, "meta.json")
-        if os.path.exists(meta_path) and os.path.exists(os.path.join(cfg.out_dir, STATE_FILE)) \
+        if os.path.exists(meta_path) and os.path.exists(os.path.join(cfg.out_dir, PREPARE_STATE)) \
                 and state.get("finished"):
             print(f"{cfg.out_dir} is already complete ({state['tokens']:,} tokens); --overwrite to redo it")
             with open(meta_path) as f:
@@ -465,7 +262,7 @@ class Prepare:
             raise PrepareError(f"all {state['docs']:,} documents ({state['tokens']:,} tokens) went to the val split; "
                                f"pass --overwrite with a smaller --val_tokens (or --val_docs)")
         meta = self._meta(state)
-        write_json_atomic(meta_path, meta)
+        write_json(meta_path, meta)
         state["finished"] = True
         self._save_state(state, (len(self.sources) - 1, 0))
         self._summary(state, time.time() - t0, state["docs"] - docs0, state["tokens"] - tokens0)

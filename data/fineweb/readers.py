@@ -1,0 +1,198 @@
+"""Where documents come from: local parquet / jsonl / txt files, Hugging Face dataset files, or a
+`datasets` stream. Each reader yields batches of texts (None for a missing or bad one) from a given
+row on, so prepare.py can resume mid-file; problems are reported with file and line.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".txt")
+
+
+class PrepareError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+@dataclass
+class Source:
+    name: str        # path, or hf://dataset/config/split for a stream
+    size: int        # bytes on disk (0 for a stream)
+    rows: int | None  # documents, when known up front (parquet metadata)
+
+
+def expand_inputs(spec: str) -> list[str]:
+    """Files named by comma-separated paths, folders and globs, in a stable order."""
+    paths: list[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        part = os.path.expanduser(part)
+        if os.path.isdir(part):
+            found = sorted(p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True)
+                           if p.endswith(SUFFIXES))
+            if not found:
+                raise PrepareError(f"folder {part} holds no {', '.join(SUFFIXES)} files")
+        elif any(c in part for c in "*?["):
+            found = sorted(glob.glob(part, recursive=True))
+            if not found:
+                raise PrepareError(f"--input pattern {part!r} matches no files")
+        elif os.path.exists(part):
+            found = [part]
+        else:
+            raise PrepareError(f"input file {part} does not exist")
+        for p in found:
+            if not p.endswith(SUFFIXES):
+                raise PrepareError(f"{p}: unsupported file type; use {', '.join(SUFFIXES)}")
+        paths += found
+    return paths
+
+
+def download_hf_files(repo: str, files: str) -> list[str]:
+    """Local paths of repo files, downloaded by huggingface_hub (cached; interrupted downloads resume)."""
+    from huggingface_hub import hf_hub_download
+    paths = []
+    for name in [f.strip() for f in files.split(",") if f.strip()]:
+        try:
+            paths.append(hf_hub_download(repo_id=repo, filename=name, repo_type="dataset"))
+        except Exception as e:  # offline, missing file, auth: all end the same way for the user
+            raise PrepareError(
+                f"could not download {name} from the Hugging Face dataset {repo}: {type(e).__name__}: {e}\n"
+                f"Check your internet connection and the file name, or download the file yourself and "
+                f"pass --input=PATH") from None
+    return paths
+
+
+def parquet_rows(path: str) -> int | None:
+    """Row count from the footer, for the progress bar; None if unreadable (reported when read)."""
+    import pyarrow.parquet as pq
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:
+        return None
+
+
+def read_parquet(path: str, column: str, start: int, batch_docs: int) -> Iterator[list]:
+    """Batches of texts (None for nulls) from row `start` on, one record batch at a time."""
+    import pyarrow.parquet as pq
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise PrepareError(f"{path} has no column {column!r}; its columns are {names}; pass --text_column=NAME")
+    first_rg, before = 0, 0  # skip whole row groups on resume without decoding them
+    while first_rg < pf.num_row_groups and before + pf.metadata.row_group(first_rg).num_rows <= start:
+        before += pf.metadata.row_group(first_rg).num_rows
+        first_rg += 1
+    row = before
+    # one row group at a time: pyarrow's reader over many row groups reads far ahead (GBs on big files)
+    for rg in range(first_rg, pf.num_row_groups):
+        for batch in pf.iter_batches(batch_size=batch_docs, row_groups=[rg], columns=[column], use_threads=False):
+            texts = batch.column(0).to_pylist()
+            skip = max(0, start - row)
+            row += len(texts)
+            if skip < len(texts):
+                yield texts[skip:]
+
+
+def read_jsonl(path: str, column: str, start: int, batch_docs: int,
+               report: Callable[[str], None]) -> Iterator[list]:
+    opener = gzip.open if path.endswith(".gz") else open
+    batch: list = []
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno - 1 < start:
+                continue
+            text = None
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict) or column not in obj:
+                    fields = list(obj) if isinstance(obj, dict) else type(obj).__name__
+                    report(f"{path}:{lineno}: no {column!r} field (has {fields}); pass --text_column=NAME")
+                else:
+                    text = obj[column]
+            except UnicodeDecodeError as e:
+                report(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}")
+            except json.JSONDecodeError as e:
+                report(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})")
+            batch.append(text)
+            if len(batch) == batch_docs:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def read_txt(path: str, start: int, report: Callable[[str], None]) -> Iterator[list]:
+    if start > 0:
+        return
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        yield [raw.decode("utf-8")]
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        report(f"{path}:{line}: invalid UTF-8 at byte {e.start}")
+        yield [None]
+
+
+def stream_hf_dataset(dataset: str, config: str, split: str, column: str, start: int,
+                      batch_docs: int) -> Iterator[list]:
+    """Stream documents with `datasets` (no full download)."""
+    try:
+        import datasets
+        ds = datasets.load_dataset(dataset, name=config or None, split=split, streaming=True)
+        batch: list = []
+        for i, row in enumerate(ds):
+            if i < start:
+                continue
+            batch.append(row.get(column))
+            if len(batch) == batch_docs:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    except PrepareError:
+        raise
+    except Exception as e:
+        raise PrepareError(
+            f"could not stream {dataset} ({config}, {split}): {type(e).__name__}: {e}\n"
+            f"Check your internet connection and the dataset name, or download parquet files and "
+            f"pass --input=PATH") from None
+
+
+def prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Run a reader in a thread so file decoding overlaps tokenization; re-raises its errors."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():  # the consumer may stop early (max_docs, an error): then give up
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            for item in it:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer
+            put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

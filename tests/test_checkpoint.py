@@ -1,0 +1,69 @@
+"""Checkpoints: canonical and complete as training writes them, atomic on a crash, clear errors when unreadable."""
+import hashlib
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import checkpoint
+from conftest import run_train
+from model import GPT, GPTConfig
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_checkpoint_is_canonical_and_complete(synthetic_shards, tmp_path):
+    run_train(synthetic_shards, tmp_path, "--max_iters=2", "--eval_interval=1")
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    raw = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert not [k for k in raw["model"] if k.startswith(("_orig_mod.", "module."))]
+    assert set(raw["model"]) == set(GPT(GPTConfig(**ckpt["model_args"])).state_dict())
+    for k in ("optimizer", "scaler", "step", "config", "rng", "loader", "tokenizer", "best_val_loss"):
+        assert k in ckpt
+    assert ckpt["step"] == 2 and ckpt["tokenizer"]["name"] == "gpt2"
+    assert (tmp_path / "ckpt_best.pt").exists()
+
+def test_a_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    checkpoint.save_checkpoint({"model": {"w": torch.ones(3)}, "model_args": {}}, path)
+    before = digest(path)
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint({"model": {"w": torch.zeros(3)}, "model_args": {}}, path)
+    assert digest(path) == before and os.listdir(tmp_path) == ["ckpt.pt"]
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at .* holds no checkpoints; train first"):
+        checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    good = tmp_path / "good.pt"
+    checkpoint.save_checkpoint({"model": {"w": torch.ones(1000)}, "model_args": {}}, str(good))
+    (tmp_path / "ckpt.pt").write_bytes(good.read_bytes()[:500])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated, corrupt or not a fineweb-gpt checkpoint"):
+        checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not a fineweb-gpt checkpoint"):
+        checkpoint.load_checkpoint(str(tmp_path / "other.pt"))
+
+def test_checkpoints_from_compiled_or_ddp_models_load(tmp_path):
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=1, n_embd=8))
+    prefixed = {f"_orig_mod.module.{k}": v for k, v in model.state_dict().items()}  # nanoGPT-era keys
+    checkpoint.save_checkpoint({"model": prefixed, "model_args": asdict(model.config)}, str(tmp_path / "c.pt"))
+    loaded, _ = checkpoint.load_model(str(tmp_path / "c.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+def test_resume_from_an_incompatible_checkpoint_is_explained(synthetic_shards, tmp_path):
+    model = GPT(GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32))
+    state = model.state_dict()
+    state.pop("lm_head.weight")
+    checkpoint.save_checkpoint({"model": state, "model_args": {**asdict(model.config), "n_layer": 2}},
+                               str(tmp_path / "ckpt.pt"))
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit this version's GPT"):
+        run_train(synthetic_shards, tmp_path, "--init_from=resume")

@@ -1,0 +1,41 @@
+"""GPT-2 weights in and out: a transformers GPT2LMHeadModel and our GPT give the same logits."""
+import pytest
+import torch
+
+from hf_interop import from_hf, from_pretrained, to_hf_state_dict
+
+
+def _tiny_hf():
+    transformers = pytest.importorskip("transformers", reason="transformers is needed for the GPT-2 parity tests")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=48, n_layer=2, n_head=4,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def test_hf_gpt2_weights_load_with_identical_logits():
+    hf = _tiny_hf()
+    ours = from_hf(hf).eval()
+    idx = torch.randint(0, 300, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_hf_state_dict_round_trips():
+    hf = _tiny_hf()
+    ours = from_hf(hf)
+    sd = to_hf_state_dict(ours)
+    hf_sd = hf.state_dict()
+    for k, v in sd.items():
+        assert torch.equal(v, hf_sd[k]), k
+
+
+def test_gpt2_offline_failure_is_clear(monkeypatch):
+    transformers = pytest.importorskip("transformers", reason="transformers is needed for init_from=gpt2")
+
+    def offline(*a, **kw):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", offline)
+    with pytest.raises(ValueError, match="could not load gpt2 .* check your connection"):
+        from_pretrained("gpt2")

@@ -1,0 +1,46 @@
+"""Which tokenizer the data and the model use, and how it is loaded (tiktoken).
+
+prepare.py records the tokenizer in meta.json; train.py copies that record into every checkpoint;
+sample.py and export.py read it back. Shards without a meta.json (llm.c's, modded-nanogpt's) hold
+GPT-2 tokens, so GPT-2 is the default everywhere.
+"""
+from __future__ import annotations
+
+GPT2 = {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256}
+
+# tiktoken's own download locations of the GPT-2 BPE files; tiktoken caches them (TIKTOKEN_CACHE_DIR)
+GPT2_BPE_URLS = {
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+}
+OFFLINE_HINT = ("tiktoken downloads it on first use: check your connection, or point TIKTOKEN_CACHE_DIR at a "
+                "folder holding its files (README: Offline)")
+
+
+class TokenizerError(ValueError):
+    """The tokenizer cannot be loaded; the message says what to do."""
+
+
+def describe(meta: dict | None) -> dict:
+    """The tokenizer record {name, vocab_size, eot_id} of a meta.json or checkpoint (GPT-2 where absent)."""
+    meta = meta or {}
+    name = meta.get("tokenizer", meta.get("name", GPT2["name"]))
+    return {"name": name, "eot_id": meta.get("eot_id", GPT2["eot_id"]),
+            "vocab_size": meta.get("vocab_size", GPT2["vocab_size"])}
+
+
+def load_encoding(name: str):
+    """tiktoken's encoding `name`, with an error that says why it could not be had."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding(name)
+    except ValueError as e:  # tiktoken's answer for an unknown name
+        raise TokenizerError(f"unknown tokenizer {name!r}: {e}") from None
+    except Exception as e:  # the BPE file could not be downloaded or read
+        raise TokenizerError(f"could not load the tokenizer {name!r} ({type(e).__name__}: {e}); {OFFLINE_HINT}") from None
+
+
+def gpt2_bpe_files() -> dict[str, bytes]:
+    """GPT-2's encoder.json and vocab.bpe, from tiktoken's cache (downloaded if absent)."""
+    from tiktoken.load import read_file_cached
+    return {name: read_file_cached(url) for name, url in GPT2_BPE_URLS.items()}
