@@ -162,19 +162,30 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # residual projections: GPT-2's 1/sqrt(2 * n_layer) scaling
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.init_weights()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Every parameter's initial value, in one place (GPT-2 paper, as in OpenAI's code and nanoGPT).
+
+        Weights N(0, 0.02); the two projections that write into the residual stream (attn.c_proj,
+        mlp.c_proj) N(0, 0.02 / sqrt(2 * n_layer)), so the stream's variance does not grow with depth
+        (GPT-2 paper, section 2.3); biases 0; LayerNorm gains 1 and shifts 0.
+        """
+        std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
+        t = self.transformer
+        nn.init.normal_(t.wte.weight, std=std)  # also the output head: the weight is shared
+        nn.init.normal_(t.wpe.weight, std=std)
+        for block in t.h:
+            for linear, weight_std in ((block.attn.c_attn, std), (block.attn.c_proj, residual_std),
+                                       (block.mlp.c_fc, std), (block.mlp.c_proj, residual_std)):
+                nn.init.normal_(linear.weight, std=weight_std)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+        for norm in [t.ln_f] + [ln for block in t.h for ln in (block.ln_1, block.ln_2)]:
+            nn.init.ones_(norm.weight)
+            if norm.bias is not None:
+                nn.init.zeros_(norm.bias)
 
     def num_params(self) -> dict[str, int]:
         """Counted from the parameters (each once): wte (shared with lm_head), wpe, blocks (+ ln_f), total."""

@@ -91,3 +91,17 @@ def test_flops_per_token_match_torchs_flop_counter(bias):
         model(idx, idx)[1].backward()
     assert model.flops_per_token(32) * idx.numel() == counter.get_total_flops()
 
+
+def test_init_weights_sets_every_parameter():
+    model = tiny(n_layer=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    model.init_weights()
+    named = dict(model.named_parameters())
+    assert not any(p.isnan().any() for p in named.values())  # nothing is left to a module's default
+    residual = 0.02 / math.sqrt(2 * 8)
+    assert named["transformer.h.3.mlp.c_proj.weight"].std().item() == pytest.approx(residual, rel=0.1)
+    assert named["transformer.h.3.mlp.c_fc.weight"].std().item() == pytest.approx(0.02, rel=0.1)
+    assert torch.equal(named["transformer.h.3.ln_1.weight"], torch.ones(32))
+
