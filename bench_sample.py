@@ -10,7 +10,6 @@ context (nanoGPT's sample.py); with it each step processes one token.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 

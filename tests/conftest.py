@@ -22,6 +22,15 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
         "--compile=False", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3"]
 
 
+def tiny_model(**overrides):
+    """A seeded 2-layer, 32-wide GPT in eval mode (vocabulary 256, context 32) for model-level tests."""
+    import torch
+
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**dict(block_size=32, vocab_size=256, n_layer=2, n_head=2, n_embd=32), **overrides})).eval()
+
+
 def need_shared(*parts: str) -> str:
     path = os.path.join(SHARED, *parts)
     if not os.path.exists(path):

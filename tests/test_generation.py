@@ -2,15 +2,8 @@
 import pytest
 import torch
 
+from conftest import tiny_model as tiny
 from generation import generate, sample_next
-from model import GPT, GPTConfig
-
-TINY = dict(block_size=32, vocab_size=256, n_layer=2, n_head=2, n_embd=32)
-
-
-def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY, **kw})).eval()
 
 
 def test_greedy_with_cache_equals_without():

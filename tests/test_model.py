@@ -4,14 +4,8 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, count_params
-
-TINY = dict(block_size=32, vocab_size=256, n_layer=2, n_head=2, n_embd=32)
-
-
-def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY, **kw})).eval()
+from conftest import tiny_model as tiny
+from model import GPTConfig, KVCache, count_params
 
 
 def test_attention_is_causal():

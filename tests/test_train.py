@@ -189,6 +189,14 @@ def test_ddp_two_processes_match_one(synthetic_shards, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_user_error_under_torchrun_is_printed_once(synthetic_shards, tmp_path):
+    # raised by both ranks after the process group is up (the batch does not split): each rank tears the
+    # group down and exits, and one of them says why
+    r = torchrun(f"--data_dir={synthetic_shards}", f"--out_dir={tmp_path}", "--total_batch_size=100")
+    assert r.returncode != 0
+    assert (r.stdout + r.stderr).count("train.py: error: total_batch_size=100 is not a multiple") == 1, r.stderr[-3000:]
+
+@pytest.mark.slow
 def test_ddp_resume_with_dropout_continues_exactly(synthetic_shards, tmp_path):
     # each rank draws its own dropout masks: every rank's RNG state must come back
     common = [f"--data_dir={synthetic_shards}", "--eval_interval=3", "--lr_decay_iters=6", "--dropout=0.1",
