@@ -5,6 +5,7 @@ initialises the process group when torchrun launched us and destroys it however 
 """
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,4 +78,8 @@ def setup(device: str, backend: str = "auto") -> Iterator[Env]:
     try:
         yield Env(device, rank, local_rank, world_size, ddp=True)
     finally:
+        # Objects still holding the group (a DDP wrapper and its reference cycles) must be gone first: a
+        # gloo group that outlives this call is torn down during interpreter exit, where its threads
+        # abort the process (SIGABRT, "terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()

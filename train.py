@@ -4,8 +4,8 @@
     torchrun --standalone --nproc_per_node=8 train.py config/train_fineweb.py
     python train.py config/train_fineweb.py --init_from=resume --max_iters=12000
 
-Top to bottom: the config keys; one function per set-up stage (device, data, model, optimizer and
-compile/DDP, resume, logging); the checkpoint and eval helpers; then train(), which runs the stages
+Top to bottom: the config keys; one function per set-up stage (device, data, model, optimizer,
+resume, compile/DDP, logging); the checkpoint and eval helpers; then train(), which runs the stages
 in order and holds the loop. `python train.py --help` lists every key.
 """
 from __future__ import annotations
@@ -224,16 +224,11 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, tok_record: dict, env: Env) 
     return model
 
 
-def setup_optimizer(raw_model: GPT, cfg: TrainConfig, env: Env, dtype: str):
-    """(model to train: compiled and/or DDP-wrapped, optimizer, GradScaler); raw_model stays unwrapped."""
-    optimizer, kind = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    scaler = torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
-    use_compile, compile_reason = hardware.pick_compile(cfg.compile, env.device)
-    env.print0(f"optimizer: AdamW ({kind}); compile: {compile_reason}")
-    model = torch.compile(raw_model) if use_compile else raw_model
-    if env.ddp:
-        model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
-    return model, optimizer, scaler
+def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple[torch.optim.Optimizer, object]:
+    """(optimizer, GradScaler: active only for float16)."""
+    optimizer, kind = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    env.print0(f"optimizer: AdamW ({kind})")
+    return optimizer, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
 
 
 def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, loader: TrainLoader) -> LoopState:
@@ -266,6 +261,16 @@ def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, lo
         if env.rank:
             torch.manual_seed(cfg.seed + env.rank + state.step)
     return state
+
+
+def compile_and_wrap(raw_model: GPT, cfg: TrainConfig, env: Env) -> torch.nn.Module:
+    """The model the loop trains: compiled and/or DDP-wrapped; raw_model stays unwrapped (saved, evaluated)."""
+    use_compile, compile_reason = hardware.pick_compile(cfg.compile, env.device)
+    env.print0(f"compile: {compile_reason}")
+    model = torch.compile(raw_model) if use_compile else raw_model
+    if env.ddp:
+        model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
+    return model
 
 
 class NullLogger:
@@ -397,8 +402,9 @@ def train(cfg: TrainConfig) -> dict:
         train_loader, val_set, tok_record = load_data(cfg, env)
         ckpt = load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if cfg.init_from == "resume" else None
         raw_model = init_model(cfg, ckpt, tok_record, env)  # saved and evaluated unwrapped: canonical keys
-        model, optimizer, scaler = setup_optimizer(raw_model, cfg, env, dtype)
+        optimizer, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
+        model = compile_and_wrap(raw_model, cfg, env)
         log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_id,
                      {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
                       "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device)})
@@ -471,6 +477,7 @@ def train(cfg: TrainConfig) -> dict:
         finally:
             stop.restore()
             log.close()
+            del model  # a DDP wrapper holds the process group: release it before the group is destroyed
     return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}
 
 
