@@ -1,6 +1,6 @@
-# A 41M-parameter GPT on FineWeb: GPT-2 small's depth at half its width. The issue that specified
-# this config reports val loss 4.17 after 6,000 steps at 524k tokens/step for this shape; that
-# number has not been reproduced by this project yet (no GPU run recorded in docs/benchmarks.md).
+# A 41M-parameter GPT on FineWeb: GPT-2 small's depth at half its width. A run of this shape was
+# reported to reach val loss 4.17 after 6,000 steps at 524k tokens/step; that number has not been
+# reproduced by this project yet (no GPU run recorded in docs/benchmarks.md).
 #   model: 12 layers, 6 heads (head size 64), n_embd 384, context 1024: 41.0M parameters
 #          (19.3M token embedding shared with the output head, 0.4M positions, 21.3M in the blocks)
 #   batch: 524,288 tokens per update = 8 sequences x 1024 tokens x 64 micro-steps on one GPU
