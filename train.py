@@ -47,8 +47,9 @@ class TrainConfig:
     log_interval: int = key(1, "print and record a log line every this many steps")
     eval_iters: int = key(20, "val batches per eval; always the same first eval_iters*batch_size val windows")
     always_save_checkpoint: bool = key(True, "write ckpt.pt at every eval (else only at the end); ckpt_best.pt tracks the best val")
-    init_from: str = key("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt) or gpt2, gpt2-medium, gpt2-large, gpt2-xl",
-                         choices=("scratch", "resume", *GPT2_MODELS))
+    init_from: str = key("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), 'auto' (resume if out_dir/ckpt.pt "
+                         "exists, else scratch) or gpt2, gpt2-medium, gpt2-large, gpt2-xl",
+                         choices=("scratch", "resume", "auto", *GPT2_MODELS))
     # wandb
     wandb_log: bool = key(False, "log to Weights & Biases (WANDB_MODE=offline works without a network)")
     wandb_project: str = key("fineweb-gpt", "wandb project")
@@ -166,9 +167,14 @@ class LoopState:
 
 # ------------------------------------------------------------------ set-up stages, in the order train() runs them
 
+def resuming(cfg: TrainConfig) -> bool:
+    """Whether this run continues out_dir/ckpt.pt: init_from=resume, or auto with a checkpoint there."""
+    return cfg.init_from == "resume" or (cfg.init_from == "auto" and os.path.exists(os.path.join(cfg.out_dir, LATEST)))
+
+
 def refuse_to_overwrite(cfg: TrainConfig) -> None:
     existing = [f for f in (LATEST, BEST) if os.path.exists(os.path.join(cfg.out_dir, f))]
-    if cfg.init_from != "resume" and existing:
+    if not resuming(cfg) and existing:
         raise ConfigError(f"{cfg.out_dir} already holds a checkpoint ({', '.join(existing)}) that a new run would "
                           f"overwrite; continue it with --init_from=resume, or use another --out_dir (or delete "
                           f"{cfg.out_dir} to start over)")
@@ -195,6 +201,15 @@ def load_data(cfg: TrainConfig, env: Env) -> tuple[TrainLoader, ValSet, dict]:
     train_loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, cfg.seed, env.rank, env.world_size, env.device)
     val_set = ValSet(data_dir, cfg.batch_size, cfg.block_size, cfg.eval_iters, env.device)
     return train_loader, val_set, tok_record
+
+
+def checkpoint_to_resume(cfg: TrainConfig, env: Env) -> dict | None:
+    """out_dir/ckpt.pt when this run resumes, else None; every process must see the same out_dir."""
+    seen = env.gather(os.path.exists(os.path.join(cfg.out_dir, LATEST)))
+    if resuming(cfg) and any(seen) and not all(seen):
+        raise ConfigError(f"{cfg.out_dir}/{LATEST} exists for ranks {[r for r, s in enumerate(seen) if s]} but not for "
+                          f"the others: rank 0 writes checkpoints, so out_dir must be on storage that every node reads")
+    return load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if resuming(cfg) else None
 
 
 def init_model(cfg: TrainConfig, ckpt: dict | None, tok_record: dict, env: Env) -> GPT:
@@ -327,15 +342,17 @@ def open_metrics(path: str, resume_step: int | None):
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its step, saves and exits."""
+    """Set by SIGINT, SIGTERM or SIGUSR1; the loop finishes its step, saves and exits."""
     # One stop request can arrive more than once: a Ctrl-C reaches every process in the terminal's
     # process group and a launcher may forward it again (torchrun does, then waits 30 s before SIGKILL;
     # SLURM signals every task). Repeats this soon are the same request, not a second Ctrl-C.
+    # SIGUSR1 is what scripts/slurm_train.sh asks SLURM to send shortly before the time limit.
     DUPLICATE_WINDOW_S = 3.0
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
     def __init__(self):
         self.signal, self.first_at = None, 0.0
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def restore(self):
         for sig, handler in self.previous.items():
@@ -400,7 +417,7 @@ def train(cfg: TrainConfig) -> dict:
     with distributed.setup(device, cfg.backend) as env:
         dtype, amp, accum_steps, tokens_per_step = setup_device(cfg, env, device_reason)
         train_loader, val_set, tok_record = load_data(cfg, env)
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if cfg.init_from == "resume" else None
+        ckpt = checkpoint_to_resume(cfg, env)
         raw_model = init_model(cfg, ckpt, tok_record, env)  # saved and evaluated unwrapped: canonical keys
         optimizer, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
@@ -472,7 +489,7 @@ def train(cfg: TrainConfig) -> dict:
                 if env.any(stop.signal is not None):  # every rank stops at the same step
                     state.step, state.elapsed = step + 1, elapsed_before + time.time() - t0
                     save_run(cfg.out_dir, (LATEST,), raw_model, optimizer, scaler, cfg, state, None, tok_record, env)
-                    env.print0(f"stopped after step {step + 1}; continue with --init_from=resume")
+                    env.print0(f"stopped after step {step + 1}; continue with --init_from=resume (or auto)")
                     break
         finally:
             stop.restore()
