@@ -22,9 +22,17 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """torch.save to path.tmp, fsync, rename over path: a crash leaves the old file or the new one."""
-    with atomic_write(path) as f:
-        torch.save(state, f)
+    """torch.save to path.tmp, fsync, rename over path: a crash leaves the old file or the new one.
+    A failed write (a full disk, a quota) is a CheckpointError that says so."""
+    try:
+        with atomic_write(path) as f:
+            torch.save(state, f)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError, not an OSError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:200]
+        raise CheckpointError(
+            f"could not write the checkpoint {path} ({reason}): is the disk full or out_dir read-only? "
+            f"{os.path.basename(path)} as it was before this save is intact (saves are atomic). Free space, "
+            f"then continue with --init_from=resume") from None
 
 
 def canonical_state_dict(state_dict: dict) -> dict:
@@ -62,9 +70,31 @@ def load_checkpoint(path: str) -> dict:
             f"truncated, corrupt or not a fineweb-gpt checkpoint. Use {BEST} or an older copy, or retrain") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise CheckpointError(f"{path} holds bare model weights ({len(ckpt)} tensors such as {keys[:2]}) without "
+                                  f"the model's shape (model_args); fineweb-gpt checkpoints are written by train.py")
         raise CheckpointError(f"{path} is not a fineweb-gpt checkpoint (it holds {keys}, not model + model_args)")
-    ckpt["model"] = canonical_state_dict(ckpt["model"])
+    # nanoGPT's checkpoints hold model + model_args under our names; older ones also keep each layer's
+    # causal mask as a buffer (attn.bias, 4-D), which our attention does not need
+    ckpt["model"] = {k: v for k, v in canonical_state_dict(ckpt["model"]).items()
+                     if not (k.endswith(".attn.bias") and v.dim() == 4)}
     return ckpt
+
+
+RESUME_KEYS = ("step", "optimizer", "scaler", "loader", "rng", "config", "best_val_loss", "val_loss", "elapsed",
+               "wandb_run_id", "tokenizer")
+
+
+def check_resumable(ckpt: dict, path: str) -> None:
+    """A checkpoint another trainer wrote can be sampled from but not continued: say what it is."""
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if not missing:
+        return
+    what = (f"a nanoGPT checkpoint (iter_num {ckpt['iter_num']})" if "iter_num" in ckpt else
+            f"not a checkpoint train.py can continue (it lacks {missing})")
+    raise CheckpointError(f"{path} is {what}: its model weights load for sample.py and export.py, but a resume "
+                          f"needs the optimizer, data position and RNG state that train.py saves. Start a new "
+                          f"run in another --out_dir")
 
 
 def rng_state() -> dict:

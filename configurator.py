@@ -24,19 +24,53 @@ class ConfigError(ValueError):
     """A user mistake in a config file or on the command line."""
 
 
-def key(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A config field with its one-line meaning, shown by --help, and the values it allows, if listed."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def key(default: Any, help: str, choices: tuple | None = None, range: str | None = None) -> Any:
+    """A config field with its one-line meaning (shown by --help) and, where it has them, the values it
+    allows: `choices`, or for a number a `range` written as an interval, "[1, inf)" or "(0, 1]"."""
+    if range is not None:
+        _parse_range(range)  # a malformed declaration fails at import, not at a user's run
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "range": range})
 
 
-def check_choices(cfg: Any) -> None:
-    """Every key declared with choices holds one of them."""
+def _parse_range(spec: str) -> tuple[float, float, bool, bool]:
+    """(low, high, low included, high included) of "[a, b)"-style intervals."""
+    lo, hi = (float(x) for x in spec[1:-1].split(","))
+    if spec[0] not in "[(" or spec[-1] not in "])" or lo > hi:
+        raise ValueError(f"bad range declaration {spec!r}")
+    return lo, hi, spec[0] == "[", spec[-1] == "]"
+
+
+def _range_text(spec: str) -> str:
+    lo, hi, lo_in, hi_in = _parse_range(spec)
+    num = lambda x: f"{x:g}"  # noqa: E731
+    if hi == float("inf"):
+        return f"{'>=' if lo_in else '>'} {num(lo)}"
+    return f"in {spec[0]}{num(lo)}, {num(hi)}{spec[-1]}"
+
+
+def value_problems(cfg: Any) -> list[str]:
+    """What is wrong with cfg's values against the choices and ranges their keys declare."""
+    problems = []
     for f in dataclasses.fields(cfg):
-        choices, value = f.metadata.get("choices"), getattr(cfg, f.name)
+        value, choices, spec = getattr(cfg, f.name), f.metadata.get("choices"), f.metadata.get("range")
         if choices and value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"'{f.name}' must be one of {', '.join(repr(c) for c in choices)}, got {value!r}{hint}")
+            problems.append(f"'{f.name}' must be one of {', '.join(repr(c) for c in choices)}, got {value!r}{hint}")
+        if spec and value is not None:
+            lo, hi, lo_in, hi_in = _parse_range(spec)
+            if not ((lo <= value if lo_in else lo < value) and (value <= hi if hi_in else value < hi)):
+                problems.append(f"'{f.name}' must be {_range_text(spec)}, got {value!r}")
+    return problems
+
+
+def check_values(cfg: Any) -> None:
+    """Raise one ConfigError listing every value outside its key's choices or range."""
+    problems = value_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError("\n  ".join(["invalid config:"] + problems))
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -110,9 +144,12 @@ def _exec_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     namespace: dict[str, Any] = {}
     try:
-        exec(compile(source, path, "exec"), namespace)
+        tree = ast.parse(source, path)
     except SyntaxError as e:
         raise ConfigError(f"{path}:{e.lineno}: invalid Python in the config file ({e.msg}): {(e.text or '').strip()}") from None
+    _refuse_statements_that_set_nothing(tree, source, path)
+    try:
+        exec(compile(tree, path, "exec"), namespace)
     except Exception as e:  # a NameError, a failed import, ...: point at the config file's own line
         line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__)) if fr.filename == path), "?")
         raise ConfigError(f"{path}:{line}: running the config file raised {type(e).__name__}: {e}") from None
@@ -120,12 +157,27 @@ def _exec_config_file(path: str) -> dict[str, Any]:
             if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
 
 
+def _refuse_statements_that_set_nothing(tree: ast.Module, source: str, path: str) -> None:
+    """A top-level line that assigns nothing would be silently ignored: a bare annotation (YAML's
+    `max_iters: 2` is valid Python) or a bare expression. Each is an error naming its line."""
+    for i, stmt in enumerate(tree.body):
+        text = (ast.get_source_segment(source, stmt) or "").strip()
+        if isinstance(stmt, ast.AnnAssign) and stmt.value is None and isinstance(stmt.target, ast.Name):
+            raise ConfigError(f"{path}:{stmt.lineno}: '{text}' is an annotation and sets nothing (YAML style?); "
+                              f"write {stmt.target.id} = {ast.get_source_segment(source, stmt.annotation)}")
+        docstring = i == 0 and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) \
+            and isinstance(stmt.value.value, str)
+        if isinstance(stmt, (ast.Expr, ast.AnnAssign)) and not docstring and not (
+                isinstance(stmt, ast.AnnAssign) and stmt.value is not None):
+            raise ConfigError(f"{path}:{stmt.lineno}: '{text}' sets no config key; write key = value")
+
+
 def help_text(cls: type, prog: str) -> str:
     hints = _field_types(cls)
     lines = [f"usage: {prog} [config_file.py ...] [--key=value ...]", "", "keys:"]
     for f in dataclasses.fields(cls):
-        choices = f.metadata.get("choices")
-        allowed = f" [{'|'.join(str(c) for c in choices)}]" if choices else ""
+        choices, spec = f.metadata.get("choices"), f.metadata.get("range")
+        allowed = f" [{'|'.join(str(c) for c in choices)}]" if choices else f" [{_range_text(spec)}]" if spec else ""
         lines.append(f"  --{f.name}={f.default!r}  ({_type_name(hints[f.name])})  {f.metadata.get('help', '')}{allowed}")
     return "\n".join(lines)
 
@@ -158,7 +210,7 @@ def parse_config(cls: type, argv: list[str], prog: str = "train.py"):
             raise ConfigError(f"write --{name}={nxt} (with '='), not '--{name} {nxt}'")
         values[name] = coerce(name, value, hints[name], from_cli=True)
     cfg = cls(**values)
-    check_choices(cfg)
+    check_values(cfg)
     return cfg
 
 

@@ -96,6 +96,27 @@ def read_meta(data_dir: str) -> dict:
         return json.load(f)
 
 
+def check_token_ids(shards: list[np.memmap], vocab_size: int, split: str, sample_tokens: int = 0) -> None:
+    """Refuse shards holding token ids the model has no embedding for (they would fail deep inside the
+    first forward pass). Reads every token, or with sample_tokens evenly spaced chunks of about that
+    many tokens per shard (cheap for a large train split)."""
+    chunk = 4096
+    for shard in shards:
+        if not len(shard):
+            continue
+        if sample_tokens and len(shard) > sample_tokens:
+            starts = np.linspace(0, len(shard) - chunk, num=max(1, sample_tokens // chunk), dtype=np.int64)
+            highest = max(int(shard[a:a + chunk].max()) for a in starts)
+        else:
+            highest = int(shard.max())
+        if highest >= vocab_size:
+            raise ShardError(
+                f"{shard.filename}: the {split} shards hold token id {highest}, but the model has only vocab_size="
+                f"{vocab_size} embeddings: the shards were made with a larger vocabulary than the model's. Use "
+                f"--vocab_size={-(-(highest + 1) // 64) * 64} (the next multiple of 64), or shards tokenized for "
+                f"this model (prepare.py records its tokenizer in meta.json)")
+
+
 def to_device(x: np.ndarray, device: str) -> torch.Tensor:
     """int64 tensor on device; pinned + non_blocking on CUDA so the copy overlaps compute."""
     t = torch.from_numpy(x.astype(np.int64))
@@ -197,11 +218,14 @@ class ValSet:
         needed = num_batches * batch_size
         if self.windows.total < needed:
             n_tok = sum(len(s) for s in self.windows.shards)
+            fits = self.windows.total // batch_size
+            fix = (f"lower eval_iters (at most {fits})" if fits else
+                   f"it does not hold one batch: lower batch_size or block_size (at most {max(1, n_tok - 1)} for "
+                   f"batch_size=1)")
             raise ValueError(
                 f"eval needs eval_iters*batch_size={needed} windows of {block_size + 1} tokens "
                 f"({needed * block_size:,} tokens) but the val split has {n_tok:,} tokens "
-                f"({self.windows.total} windows); lower eval_iters (at most {self.windows.total // batch_size}) "
-                f"or prepare a larger val split (prepare.py --val_tokens)")
+                f"({self.windows.total} windows); {fix}, or prepare a larger val split (prepare.py --val_tokens)")
         self.B, self.num_batches, self.device = batch_size, num_batches, device
 
     def batches(self, rank: int = 0, world_size: int = 1):

@@ -11,7 +11,9 @@ vocabulary (50304) are dropped so the model's vocabulary matches the tokenizer's
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import tokenizer
@@ -24,25 +26,62 @@ from hf_interop import to_hf_model, write_gpt2_tokenizer
 class ExportConfig:
     out_dir: str = key("out-fineweb", "run directory holding the checkpoint")
     ckpt: str = key("latest", "'latest', 'best' or a checkpoint file path")
-    hf_dir: str = key("hf-model", "folder to write the Hugging Face model into")
+    hf_dir: str = key("hf-model", "folder to write the Hugging Face model into (new or empty, unless overwrite)")
     tokenizer_files: bool = key(True, "also write the GPT-2 tokenizer files (downloaded by tiktoken if not cached)")
+    overwrite: bool = key(False, "write into a non-empty hf_dir, replacing the files an export writes")
+
+
+class ExportError(RuntimeError):
+    """The export cannot be written where asked; the message says why and what to do."""
+
+
+RUN_FILES = ("ckpt.pt", "ckpt_best.pt", "metrics.jsonl")  # what marks a training run's out_dir
+
+
+def check_target(hf_dir: str, overwrite: bool) -> None:
+    """hf_dir must be a new or empty folder; a training run's folder never, another folder only if asked."""
+    if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
+        raise ExportError(f"--hf_dir={hf_dir} is a file; name a folder (it is created if missing)")
+    present = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else []
+    run = [f for f in RUN_FILES if f in present]
+    if run:
+        raise ExportError(f"--hf_dir={hf_dir} holds a training run ({', '.join(run)}); the export's config.json "
+                          f"would replace the run's: choose another --hf_dir")
+    if present and not overwrite:
+        raise ExportError(f"--hf_dir={hf_dir} is not empty ({len(present)} entries, e.g. {present[:3]}); choose a "
+                          f"new folder, or pass --overwrite=True to replace the files an export writes there")
 
 
 def export(cfg: ExportConfig) -> str:
+    check_target(cfg.hf_dir, cfg.overwrite)
     model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
     tok_record = tokenizer.describe(ckpt.get("tokenizer"))
     vocab = min(tok_record["vocab_size"], model.config.vocab_size)
-    os.makedirs(cfg.hf_dir, exist_ok=True)
-    to_hf_model(model, vocab, tok_record["eot_id"]).save_pretrained(cfg.hf_dir)
-    if cfg.tokenizer_files and tok_record["name"] == tokenizer.GPT2["name"]:
-        try:
-            write_gpt2_tokenizer(cfg.hf_dir)
-        except Exception as e:  # offline and not cached: the weights are still usable
-            print(f"warning: GPT-2 tokenizer files not written ({type(e).__name__}: {e}); load the tokenizer with "
-                  f"AutoTokenizer.from_pretrained('gpt2') instead", file=sys.stderr)
-    elif cfg.tokenizer_files:
-        print(f"note: tokenizer {tok_record['name']} has no Hugging Face files here; only the model was written",
-              file=sys.stderr)
+    parent = os.path.dirname(os.path.abspath(cfg.hf_dir))
+    try:  # written into a staging folder beside hf_dir, then moved in file by file: never half an export
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as e:
+        raise ExportError(f"cannot write into {parent} ({e.strerror}); choose a writable --hf_dir") from None
+    try:
+        to_hf_model(model, vocab, tok_record["eot_id"]).save_pretrained(staging)
+        if cfg.tokenizer_files and tok_record["name"] == tokenizer.GPT2["name"]:
+            try:
+                write_gpt2_tokenizer(staging)
+            except tokenizer.TokenizerError as e:  # offline and not cached: the weights are still usable
+                print(f"warning: GPT-2 tokenizer files not written ({e}); load the tokenizer with "
+                      f"AutoTokenizer.from_pretrained('gpt2') instead", file=sys.stderr)
+        elif cfg.tokenizer_files:
+            print(f"note: tokenizer {tok_record['name']} has no Hugging Face files here; only the model was written",
+                  file=sys.stderr)
+        os.makedirs(cfg.hf_dir, exist_ok=True)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(cfg.hf_dir, name))
+    except Exception as e:  # a full disk, a read-only folder: safetensors, transformers and os each say it their way
+        raise ExportError(f"could not write the export into {cfg.hf_dir} ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[-1][:200]}); is the disk full or the folder read-only?") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {cfg.hf_dir}: GPT2LMHeadModel, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "
           f"from step {ckpt.get('step')} of {cfg.out_dir}")
     return cfg.hf_dir
@@ -52,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = cli(ExportConfig, "export.py", argv)
     try:
         export(cfg)
-    except CheckpointError as e:
+    except (CheckpointError, ExportError) as e:
         sys.exit(f"export.py: error: {e}")
 
 

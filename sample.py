@@ -20,7 +20,7 @@ import torch
 import hardware
 import tokenizer
 from checkpoint import CheckpointError, load_model, resolve
-from configurator import cli, key
+from configurator import check_values, cli, key
 from generation import generate
 from hf_interop import GPT2_MODELS, from_pretrained
 from model import GPT
@@ -33,12 +33,13 @@ class SampleConfig:
     init_from: str = key("resume", "'resume' (a checkpoint from out_dir) or gpt2, gpt2-medium, gpt2-large, gpt2-xl",
                          choices=("resume", *GPT2_MODELS))
     start: str = key("\n", "the prompt, or FILE:path to read it from a file")
-    num_samples: int = key(5, "samples, generated together in one batch")
-    max_new_tokens: int = key(256, "tokens to generate per sample (lowered to fit block_size)")
-    temperature: float = key(0.8, "softmax temperature; 0 = greedy")
-    top_k: int = key(200, "sample from the k most likely tokens only (0 = off)")
-    top_p: float = key(1.0, "nucleus sampling: the smallest set of tokens with this much probability (1 = off)")
-    seed: int = key(1337, "same seed, same text")
+    num_samples: int = key(5, "samples, generated together in one batch", range="[1, inf)")
+    max_new_tokens: int = key(256, "tokens to generate per sample (lowered to fit block_size)", range="[1, inf)")
+    temperature: float = key(0.8, "softmax temperature; 0 = greedy", range="[0, inf)")
+    top_k: int = key(200, "sample from the k most likely tokens only (0 = off)", range="[0, inf)")
+    top_p: float = key(1.0, "nucleus sampling: the smallest set of tokens with this much probability (1 = off)",
+                       range="(0, 1]")
+    seed: int = key(1337, "same seed, same text", range="[0, inf)")
     device: str = key("auto", "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = key("auto", "'auto' (bf16/fp16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'",
                      choices=hardware.DTYPES)
@@ -52,39 +53,40 @@ def load(cfg: SampleConfig) -> tuple[GPT, str]:
     """(model on CPU, tokenizer name) from a checkpoint or OpenAI's GPT-2."""
     if cfg.init_from in GPT2_MODELS:
         return from_pretrained(cfg.init_from).eval(), tokenizer.GPT2["name"]
-    model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
+    path = resolve(cfg.out_dir, cfg.ckpt)
+    model, ckpt = load_model(path)
+    if "tokenizer" not in ckpt and model.config.vocab_size < tokenizer.GPT2["vocab_size"]:
+        raise CheckpointError(f"{path} records no tokenizer and its model has {model.config.vocab_size} embeddings, "
+                              f"fewer than GPT-2's {tokenizer.GPT2['vocab_size']} tokens (a character-level model from "
+                              f"another trainer?); sample.py decodes with the tokenizer a checkpoint records, else GPT-2's")
     return model, tokenizer.describe(ckpt.get("tokenizer"))["name"]
 
 
 def read_prompt(start: str) -> str:
-    if start.startswith("FILE:"):
-        path = os.path.expanduser(start[5:])
+    """The prompt text: --start itself, or the UTF-8 file that FILE:path names."""
+    if not start.startswith("FILE:"):
         try:
-            with open(path, encoding="utf-8") as f:
-                return f.read()
-        except OSError as e:
-            raise CheckpointError(f"cannot read the prompt file {path}: {e.strerror}") from None
-    return start
-
-
-def check_config(cfg: SampleConfig) -> None:
-    """Every problem with the sampling keys in one message."""
-    problems = []
-    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
-        problems.append(f"num_samples and max_new_tokens must be at least 1, got {cfg.num_samples} and {cfg.max_new_tokens}")
-    if cfg.temperature < 0:
-        problems.append(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        problems.append(f"top_p must be in (0, 1] (1 = off; for greedy use temperature=0), got {cfg.top_p}")
-    if cfg.top_k < 0:
-        problems.append(f"top_k must be >= 0 (0 = off), got {cfg.top_k}")
-    if problems:
-        raise ValueError("invalid sampling config:\n  " + "\n  ".join(problems))
+            start.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes from the shell arrive as lone surrogates
+            raise ValueError("--start is not valid UTF-8 text (check your terminal's encoding, or put the prompt in "
+                             "a UTF-8 file and pass --start=FILE:path)") from None
+        return start
+    path = os.path.expanduser(start[5:])
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read the prompt file {path}: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark, as some editors write, is not part of the prompt
+    except UnicodeDecodeError as e:
+        raise ValueError(f"the prompt file {path} is not UTF-8 text (byte {e.start} is {raw[e.start:e.start + 1]!r}); "
+                         f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > prompt-utf8.txt") from None
 
 
 def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
     """Generate cfg.num_samples continuations of the prompt; returns their texts."""
-    check_config(cfg)
+    check_values(cfg)
     device, _ = hardware.pick_device(cfg.device)
     dtype, _ = hardware.pick_dtype(cfg.dtype, device)
     model, tok_name = load(cfg)

@@ -43,4 +43,7 @@ def load_encoding(name: str):
 def gpt2_bpe_files() -> dict[str, bytes]:
     """GPT-2's encoder.json and vocab.bpe, from tiktoken's cache (downloaded if absent)."""
     from tiktoken.load import read_file_cached
-    return {name: read_file_cached(url) for name, url in GPT2_BPE_URLS.items()}
+    try:
+        return {name: read_file_cached(url) for name, url in GPT2_BPE_URLS.items()}
+    except Exception as e:  # offline and not cached
+        raise TokenizerError(f"{type(e).__name__}: {str(e)[:200]}; {OFFLINE_HINT}") from None

@@ -27,10 +27,10 @@ import distributed
 import hardware
 import tokenizer
 from atomic import atomic_write, publish_copy, write_json
-from checkpoint import (BEST, LATEST, CheckpointError, build_model, load_checkpoint, rng_state, save_checkpoint,
-                        set_rng_state)
-from configurator import ConfigError, format_config, key, parse_config
-from dataloader import ShardError, TrainLoader, ValSet, read_meta
+from checkpoint import (BEST, LATEST, CheckpointError, build_model, check_resumable, load_checkpoint, rng_state,
+                        save_checkpoint, set_rng_state)
+from configurator import ConfigError, format_config, key, parse_config, value_problems
+from dataloader import ShardError, TrainLoader, ValSet, check_token_ids, read_meta
 from distributed import Env
 from hf_interop import GPT2_MODELS, from_pretrained
 from model import GPT, GPTConfig
@@ -43,9 +43,11 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 class TrainConfig:
     # I/O
     out_dir: str = key("out", "run directory: checkpoints, config.json, metrics.jsonl")
-    eval_interval: int = key(250, "evaluate (and checkpoint) every this many steps, plus at the start and end")
-    log_interval: int = key(1, "print and record a log line every this many steps")
-    eval_iters: int = key(20, "val batches per eval; always the same first eval_iters*batch_size val windows")
+    eval_interval: int = key(250, "evaluate (and checkpoint) every this many steps, plus at the start and end",
+                             range="[1, inf)")
+    log_interval: int = key(1, "print and record a log line every this many steps", range="[1, inf)")
+    eval_iters: int = key(20, "val batches per eval; always the same first eval_iters*batch_size val windows",
+                          range="[1, inf)")
     always_save_checkpoint: bool = key(True, "write ckpt.pt at every eval (else only at the end); ckpt_best.pt tracks the best val")
     init_from: str = key("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), 'auto' (resume if out_dir/ckpt.pt "
                          "exists, else scratch) or gpt2, gpt2-medium, gpt2-large, gpt2-xl",
@@ -57,28 +59,30 @@ class TrainConfig:
     # data
     dataset: str = key("fineweb", "a folder under data/ holding shards (see data/fineweb/prepare.py)")
     data_dir: str = key("", "any folder of shards; overrides dataset")
-    batch_size: int = key(12, "sequences per micro-batch on each GPU/process")
-    block_size: int = key(1024, "context length in tokens")
-    gradient_accumulation_steps: int = key(0, "micro-batches per update summed over all ranks (0 = derive from total_batch_size)")
-    total_batch_size: int = key(0, "tokens per update; gradient_accumulation_steps is derived from it (0 = not set)")
+    batch_size: int = key(12, "sequences per micro-batch on each GPU/process", range="[1, inf)")
+    block_size: int = key(1024, "context length in tokens", range="[1, inf)")
+    gradient_accumulation_steps: int = key(0, "micro-batches per update summed over all ranks (0 = derive from "
+                                           "total_batch_size)", range="[0, inf)")
+    total_batch_size: int = key(0, "tokens per update; gradient_accumulation_steps is derived from it (0 = not set)",
+                                range="[0, inf)")
     # model (each key is the GPTConfig field of the same name)
-    n_layer: int = key(12, "transformer blocks")
-    n_head: int = key(12, "attention heads")
-    n_embd: int = key(768, "embedding width")
-    dropout: float = key(0.0, "dropout probability (0 for pretraining; try 0.1+ when fine-tuning)")
+    n_layer: int = key(12, "transformer blocks", range="[1, inf)")
+    n_head: int = key(12, "attention heads", range="[1, inf)")
+    n_embd: int = key(768, "embedding width", range="[1, inf)")
+    dropout: float = key(0.0, "dropout probability (0 for pretraining; try 0.1+ when fine-tuning)", range="[0, 1)")
     bias: bool = key(True, "biases in Linear and LayerNorm layers, as GPT-2")
-    vocab_size: int = key(50304, "embedding rows: GPT-2's 50257 padded to a multiple of 64")
+    vocab_size: int = key(50304, "embedding rows: GPT-2's 50257 padded to a multiple of 64", range="[1, inf)")
     # AdamW and schedule
-    learning_rate: float = key(6e-4, "peak learning rate")
-    max_iters: int = key(5000, "optimizer updates in the whole run")
-    weight_decay: float = key(0.1, "AdamW weight decay, applied to matrices and embeddings only")
-    beta1: float = key(0.9, "AdamW beta1")
-    beta2: float = key(0.95, "AdamW beta2")
-    grad_clip: float = key(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    learning_rate: float = key(6e-4, "peak learning rate", range="(0, inf)")
+    max_iters: int = key(5000, "optimizer updates in the whole run", range="[0, inf)")
+    weight_decay: float = key(0.1, "AdamW weight decay, applied to matrices and embeddings only", range="[0, inf)")
+    beta1: float = key(0.9, "AdamW beta1", range="[0, 1)")
+    beta2: float = key(0.95, "AdamW beta2", range="[0, 1)")
+    grad_clip: float = key(1.0, "clip the global gradient norm to this (0 = no clipping)", range="[0, inf)")
     decay_lr: bool = key(True, "linear warmup then cosine decay to min_lr (else constant learning_rate)")
-    warmup_iters: int = key(200, "steps of linear warmup")
-    lr_decay_iters: int = key(0, "step where the cosine reaches min_lr (0 = max_iters)")
-    min_lr: float = key(6e-5, "final learning rate, ~learning_rate/10 (Chinchilla)")
+    warmup_iters: int = key(200, "steps of linear warmup", range="[0, inf)")
+    lr_decay_iters: int = key(0, "step where the cosine reaches min_lr (0 = max_iters)", range="[0, inf)")
+    min_lr: float = key(6e-5, "final learning rate, ~learning_rate/10 (Chinchilla)", range="[0, inf)")
     # system
     backend: str = key("auto", "DDP backend: 'nccl', 'gloo' or 'auto' (nccl on CUDA, gloo on CPU)",
                        choices=("auto", "nccl", "gloo"))
@@ -86,8 +90,9 @@ class TrainConfig:
     dtype: str = key("auto", "'auto' (bf16 where supported, fp16+GradScaler on older GPUs, fp32 on CPU), or force one",
                      choices=hardware.DTYPES)
     compile: bool | None = key(None, "torch.compile the model: None = auto (on for CUDA), True, False")
-    seed: int = key(1337, "seed for initialisation, dropout and data order")
-    peak_tflops: float = key(0.0, "your device's dense bf16 peak for MFU (0 = look it up; unknown devices show n/a)")
+    seed: int = key(1337, "seed for initialisation, dropout and data order", range="[0, inf)")
+    peak_tflops: float = key(0.0, "your device's dense bf16 peak for MFU (0 = look it up; unknown devices show n/a)",
+                             range="[0, inf)")
 
 
 class TrainingError(RuntimeError):
@@ -95,16 +100,11 @@ class TrainingError(RuntimeError):
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Every problem with the training keys in one message (model keys are checked by GPTConfig)."""
-    problems = []
-    for name in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size"):
-        if getattr(cfg, name) <= 0:
-            problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
-    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "gradient_accumulation_steps", "total_batch_size"):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.learning_rate <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.learning_rate:
-        problems.append(f"need 0 <= min_lr <= learning_rate, got min_lr={cfg.min_lr}, learning_rate={cfg.learning_rate}")
+    """Every problem with the training keys in one message: each key's declared choices and range, and
+    what depends on two keys (the model keys are also checked together by GPTConfig)."""
+    problems = value_problems(cfg)
+    if cfg.min_lr > cfg.learning_rate:
+        problems.append(f"min_lr={cfg.min_lr} exceeds learning_rate={cfg.learning_rate}: the schedule decays to min_lr")
     if problems:
         raise ConfigError("\n  ".join(["invalid training config:"] + problems))
 
@@ -212,7 +212,7 @@ def checkpoint_to_resume(cfg: TrainConfig, env: Env) -> dict | None:
     return load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if resuming(cfg) else None
 
 
-def init_model(cfg: TrainConfig, ckpt: dict | None, tok_record: dict, env: Env) -> GPT:
+def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
     """The model on its device: from the checkpoint, OpenAI's GPT-2, or freshly initialised."""
     torch.manual_seed(cfg.seed)
     if ckpt is not None:
@@ -228,15 +228,23 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, tok_record: dict, env: Env) 
         model = GPT(model_config(cfg))
     if model.config.block_size < cfg.block_size:
         raise ConfigError(f"block_size={cfg.block_size} exceeds the model's {model.config.block_size}")
-    if tok_record["vocab_size"] > model.config.vocab_size:
-        raise ConfigError(f"the data's tokenizer ({tok_record['name']}) has {tok_record['vocab_size']} tokens but the "
-                          f"model only {model.config.vocab_size} embeddings; raise vocab_size")
     model.to(env.device).train()
     counts = model.num_params()
     env.print0(f"model: {counts['total'] / 1e6:.2f}M parameters = {counts['wte'] / 1e6:.2f}M token embedding "
                f"(shared with the output head) + {counts['wpe'] / 1e6:.2f}M position embedding + "
                f"{counts['blocks'] / 1e6:.2f}M in the blocks")
     return model
+
+
+def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val_set: ValSet) -> None:
+    """Every token id of the data must have an embedding: by meta.json's vocabulary, else by the shards' ids
+    (all val tokens, a sample of the train shards)."""
+    vocab = model.config.vocab_size
+    if tok_record["vocab_size"] > vocab:
+        raise ConfigError(f"the data's tokenizer ({tok_record['name']}) has {tok_record['vocab_size']} tokens but the "
+                          f"model only {vocab} embeddings; raise vocab_size")
+    check_token_ids(val_set.windows.shards, vocab, "val")
+    check_token_ids(train_loader.windows.shards, vocab, "train", sample_tokens=1 << 18)
 
 
 def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple[torch.optim.Optimizer, object]:
@@ -253,6 +261,7 @@ def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, lo
         if env.rank:
             torch.manual_seed(cfg.seed + env.rank)  # different dropout masks per rank
         return LoopState(loader=loader.state_dict())
+    check_resumable(ckpt, os.path.join(cfg.out_dir, LATEST))
     state = LoopState(step=ckpt["step"], best_val_loss=ckpt["best_val_loss"], elapsed=ckpt["elapsed"],
                       wandb_id=ckpt["wandb_run_id"], loader=ckpt["loader"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -418,7 +427,8 @@ def train(cfg: TrainConfig) -> dict:
         dtype, amp, accum_steps, tokens_per_step = setup_device(cfg, env, device_reason)
         train_loader, val_set, tok_record = load_data(cfg, env)
         ckpt = checkpoint_to_resume(cfg, env)
-        raw_model = init_model(cfg, ckpt, tok_record, env)  # saved and evaluated unwrapped: canonical keys
+        raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
+        check_data_fits(raw_model, tok_record, train_loader, val_set)
         optimizer, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
         model = compile_and_wrap(raw_model, cfg, env)

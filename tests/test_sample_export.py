@@ -68,11 +68,10 @@ def test_sample_errors_are_clear(tmp_path, tiktoken_cache):
 
 
 def test_impossible_sampling_settings_are_refused_together(tmp_path):
-    cfg = parse_config(sample.SampleConfig, [f"--out_dir={tmp_path}", "--num_samples=0", "--temperature=-1",
-                                             "--top_p=0", "--top_k=-3"])
-    with pytest.raises(ValueError, match="(?s)num_samples and max_new_tokens must be at least 1.*temperature must "
-                                         "be >= 0.*top_p must be in \\(0, 1\\].*top_k must be >= 0"):
-        sample.sample(cfg)
+    with pytest.raises(ValueError, match="(?s)'num_samples' must be >= 1, got 0.*'temperature' must be >= 0.*'top_k' "
+                                         "must be >= 0.*'top_p' must be in \\(0, 1\\], got 0.0"):
+        parse_config(sample.SampleConfig, [f"--out_dir={tmp_path}", "--num_samples=0", "--temperature=-1",
+                                           "--top_p=0", "--top_k=-3"])
 
 
 def test_export_loads_in_transformers_with_the_same_logits_and_text(trained, tiktoken_cache, tmp_path):

@@ -31,18 +31,18 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import tokenizer  # noqa: E402
 from atomic import AtomicFile, write_json  # noqa: E402
-from configurator import cli, key  # noqa: E402
+from configurator import cli, key, value_problems  # noqa: E402
 from dataloader import PREPARE_STATE, header_for  # noqa: E402
-from readers import (PrepareError, Source, download_hf_files, expand_inputs, parquet_rows, prefetch,  # noqa: E402
-                     read_jsonl, read_parquet, read_txt, stream_hf_dataset)
+from readers import (BAD, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
+                     parquet_rows, prefetch, read_jsonl, read_parquet, read_txt, stream_hf_dataset)
 
 FORMAT_VERSION = 1
 
 
 @dataclass
 class PrepareConfig:
-    input: str = key("", "local files, folders or globs (.parquet, .jsonl, .jsonl.gz, .txt), comma-separated; "
-                         "empty = download --hf_files from --hf_repo")
+    input: str = key("", "local files, folders or globs (.parquet; JSON lines as .jsonl/.json, optionally .gz/.zst; "
+                         ".txt), comma-separated; empty = download --hf_files from --hf_repo")
     out_dir: str = key(os.path.dirname(os.path.abspath(__file__)), "where shards and meta.json go")
     prefix: str = key("fineweb", "shard name prefix: PREFIX_train_000001.bin, PREFIX_val_000000.bin")
     hf_repo: str = key("HuggingFaceFW/fineweb", "Hugging Face dataset repo to download --hf_files from")
@@ -50,14 +50,15 @@ class PrepareConfig:
     hf_dataset: str = key("", "stream this Hugging Face dataset with `datasets` instead (no full download)")
     hf_config: str = key("sample-10BT", "dataset config for --hf_dataset")
     hf_split: str = key("train", "dataset split for --hf_dataset")
-    max_docs: int = key(0, "stop after this many documents (0 = all)")
+    max_docs: int = key(0, "stop after this many documents (0 = all)", range="[0, inf)")
     text_column: str = key("text", "column (parquet) or field (jsonl) holding the text")
     tokenizer: str = key("gpt2", "tiktoken encoding name")
-    shard_size: int = key(100_000_000, "tokens per shard (documents are never split, so shards may run over)")
-    val_tokens: int = key(10_000_000, "tokens of whole documents, from the start, in the val split")
-    val_docs: int = key(0, "if > 0: number of documents in the val split (overrides val_tokens)")
-    num_threads: int = key(0, "tokenizer threads (0 = all cores)")
-    batch_docs: int = key(1024, "documents read and tokenized per batch")
+    shard_size: int = key(100_000_000, "tokens per shard (documents are never split, so shards may run over)",
+                          range="[1, inf)")
+    val_tokens: int = key(10_000_000, "tokens of whole documents, from the start, in the val split", range="[0, inf)")
+    val_docs: int = key(0, "if > 0: number of documents in the val split (overrides val_tokens)", range="[0, inf)")
+    num_threads: int = key(0, "tokenizer threads (0 = all cores)", range="[0, inf)")
+    batch_docs: int = key(1024, "documents read and tokenized per batch", range="[1, inf)")
     on_error: str = key("fail", "bad document/file: 'fail' stops (finished shards are kept), 'skip' reports and goes on",
                         choices=("fail", "skip"))
     overwrite: bool = key(False, "delete this prefix's shards, meta.json and state in out_dir and start over")
@@ -110,11 +111,13 @@ class Prepare:
     """One run of the pipeline: sources -> tokens -> val shard(s) then train shards."""
 
     def __init__(self, cfg: PrepareConfig):
-        if cfg.val_tokens <= 0 and cfg.val_docs <= 0:
-            raise PrepareError("train.py evaluates on a val split: set --val_tokens or --val_docs above 0")
-        if cfg.shard_size <= 0 or cfg.batch_docs <= 0:
-            raise PrepareError("--shard_size and --batch_docs must be positive")
+        problems = value_problems(cfg)  # the ranges and choices declared with the options
+        if cfg.val_tokens == 0 and cfg.val_docs == 0:
+            problems.append("train.py evaluates on a val split: set --val_tokens or --val_docs above 0")
+        if problems:
+            raise PrepareError("\n  ".join(["invalid options:"] + problems) if len(problems) > 1 else problems[0])
         self.cfg = cfg
+        self.sources = self._resolve_sources()  # a wrong path is reported before anything is downloaded
         try:
             self.enc = tokenizer.load_encoding(cfg.tokenizer)
         except tokenizer.TokenizerError as e:
@@ -125,7 +128,6 @@ class Prepare:
         self.dtype = np.dtype(np.uint16 if self.enc.n_vocab <= 2**16 else np.uint32)
         self.eot = np.array([self.enc.eot_token], dtype=np.uint32)
         self.threads = cfg.num_threads or os.cpu_count() or 1
-        self.sources = self._resolve_sources()
 
     def _resolve_sources(self) -> list[Source]:
         cfg = self.cfg
@@ -190,9 +192,10 @@ class Prepare:
     def _read(self, source: Source, start: int) -> Iterator[list]:
         cfg = self.cfg
         if source.name.startswith("hf://"):
-            return stream_hf_dataset(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.text_column, start, cfg.batch_docs)
+            return stream_hf_dataset(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.text_column, start,
+                                     cfg.batch_docs, self._report)
         if source.name.endswith(".parquet"):
-            return read_parquet(source.name, cfg.text_column, start, cfg.batch_docs)
+            return read_parquet(source.name, cfg.text_column, start, cfg.batch_docs, self._report)
         if source.name.endswith(".txt"):
             return read_txt(source.name, start, self._report)
         return read_jsonl(source.name, cfg.text_column, start, cfg.batch_docs, self._report)
@@ -258,6 +261,11 @@ class Prepare:
             bar.close()
         state["docs"] = sum(s["docs"] for s in state["shards"])
         state["tokens"] = sum(s["tokens"] for s in state["shards"])
+        if not state["docs"]:
+            raise PrepareError(
+                f"no documents to tokenize in {len(self.sources)} input(s): {state['empty']:,} texts were null or "
+                f"empty and {len(state['errors'])} documents/files were skipped as bad. Check --text_column "
+                f"(now {cfg.text_column!r}) and the inputs")
         if not any(s["split"] == "train" for s in state["shards"]):
             raise PrepareError(f"all {state['docs']:,} documents ({state['tokens']:,} tokens) went to the val split; "
                                f"pass --overwrite with a smaller --val_tokens (or --val_docs)")
@@ -281,7 +289,8 @@ class Prepare:
         per_source = state["source_docs"]
         for j, text in enumerate(texts):
             if not text:
-                state["empty"] += 1
+                if text is not BAD:  # a BAD document is already counted among the errors
+                    state["empty"] += 1
                 continue
             if cfg.max_docs and state["docs"] + writer.docs + pending >= cfg.max_docs:
                 break

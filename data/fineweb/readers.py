@@ -6,18 +6,36 @@ from __future__ import annotations
 
 import glob
 import gzip
+import io
 import json
 import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
-SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".txt")
+# JSON lines come as .jsonl or .json (C4 and Dolma name theirs .json.gz), plain, gzip or zstd (the Pile,
+# SlimPajama and RedPajama ship .jsonl.zst)
+JSON_LINES = tuple(ext + comp for ext in (".jsonl", ".json") for comp in ("", ".gz", ".zst"))
+SUFFIXES = (".parquet", *JSON_LINES, ".txt")
 
 
 class PrepareError(RuntimeError):
     """A problem the user can fix; printed without a traceback."""
+
+
+class _Bad:
+    """Stands for a document that was reported and skipped: counted once, as an error, never as empty."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "BAD"
+
+
+BAD = _Bad()
+Report = Callable[[str], None]  # records a problem: raises under --on_error=fail, else notes it and goes on
 
 
 @dataclass
@@ -76,13 +94,25 @@ def parquet_rows(path: str) -> int | None:
         return None
 
 
-def read_parquet(path: str, column: str, start: int, batch_docs: int) -> Iterator[list]:
+def _is_text(arrow_type) -> bool:
+    import pyarrow as pa
+    view = getattr(pa.types, "is_string_view", None)  # pyarrow >= 16
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or bool(view and view(arrow_type))
+
+
+def read_parquet(path: str, column: str, start: int, batch_docs: int, report: Report) -> Iterator[list]:
     """Batches of texts (None for nulls) from row `start` on, one record batch at a time."""
     import pyarrow.parquet as pq
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     if column not in names:
         raise PrepareError(f"{path} has no column {column!r}; its columns are {names}; pass --text_column=NAME")
+    kind = pf.schema_arrow.field(column).type
+    if not _is_text(kind):
+        text_columns = [f.name for f in pf.schema_arrow if _is_text(f.type)]
+        report(f"{path}: column {column!r} holds {kind}, not text; the text columns are {text_columns}: pass "
+               f"--text_column=NAME")
+        return
     first_rg, before = 0, 0  # skip whole row groups on resume without decoding them
     while first_rg < pf.num_row_groups and before + pf.metadata.row_group(first_rg).num_rows <= start:
         before += pf.metadata.row_group(first_rg).num_rows
@@ -98,20 +128,41 @@ def read_parquet(path: str, column: str, start: int, batch_docs: int) -> Iterato
                 yield texts[skip:]
 
 
-def read_jsonl(path: str, column: str, start: int, batch_docs: int,
-               report: Callable[[str], None]) -> Iterator[list]:
-    opener = gzip.open if path.endswith(".gz") else open
+def open_compressed(path: str) -> IO[bytes]:
+    """A binary file, decompressed as it is read (gzip or zstd by the name's ending)."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise PrepareError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard, "
+                               f"listed in requirements.txt)") from None
+        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True, closefd=True)
+        return io.BufferedReader(reader)
+    return open(path, "rb")
+
+
+def read_jsonl(path: str, column: str, start: int, batch_docs: int, report: Report) -> Iterator[list]:
+    """Batches of texts, one JSON object per line, from line `start + 1` on. A line that is not an object
+    with a string `column` is reported (file:line) and stands as BAD."""
     batch: list = []
-    with opener(path, "rb") as f:
+    with open_compressed(path) as f:
+        if f.peek(256).lstrip()[:1] == b"[":
+            report(f"{path} holds one JSON array, not JSON lines (one object per line); convert it, e.g. "
+                   f"jq -c '.[]' {path} > {os.path.basename(path).split('.')[0]}.jsonl")
+            return
         for lineno, raw in enumerate(f, 1):
             if lineno - 1 < start:
                 continue
-            text = None
+            text = BAD
             try:
                 obj = json.loads(raw.decode("utf-8"))
                 if not isinstance(obj, dict) or column not in obj:
                     fields = list(obj) if isinstance(obj, dict) else type(obj).__name__
                     report(f"{path}:{lineno}: no {column!r} field (has {fields}); pass --text_column=NAME")
+                elif obj[column] is not None and not isinstance(obj[column], str):
+                    report(f"{path}:{lineno}: {column!r} is {type(obj[column]).__name__} {str(obj[column])[:40]}, not text")
                 else:
                     text = obj[column]
             except UnicodeDecodeError as e:
@@ -126,7 +177,7 @@ def read_jsonl(path: str, column: str, start: int, batch_docs: int,
         yield batch
 
 
-def read_txt(path: str, start: int, report: Callable[[str], None]) -> Iterator[list]:
+def read_txt(path: str, start: int, report: Report) -> Iterator[list]:
     if start > 0:
         return
     with open(path, "rb") as f:
@@ -136,11 +187,11 @@ def read_txt(path: str, start: int, report: Callable[[str], None]) -> Iterator[l
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         report(f"{path}:{line}: invalid UTF-8 at byte {e.start}")
-        yield [None]
+        yield [BAD]
 
 
 def stream_hf_dataset(dataset: str, config: str, split: str, column: str, start: int,
-                      batch_docs: int) -> Iterator[list]:
+                      batch_docs: int, report: Report) -> Iterator[list]:
     """Stream documents with `datasets` (no full download)."""
     try:
         import datasets
@@ -149,7 +200,12 @@ def stream_hf_dataset(dataset: str, config: str, split: str, column: str, start:
         for i, row in enumerate(ds):
             if i < start:
                 continue
-            batch.append(row.get(column))
+            text = row.get(column)
+            if text is not None and not isinstance(text, str):
+                report(f"{dataset} row {i}: {column!r} is {type(text).__name__} {str(text)[:40]}, not text; pass "
+                       f"--text_column=NAME")
+                text = BAD
+            batch.append(text)
             if len(batch) == batch_docs:
                 yield batch
                 batch = []
