@@ -24,9 +24,9 @@ from train import TrainConfig, model_config  # the training config keys, so conf
 
 @dataclass
 class BenchConfig(TrainConfig):
-    warmup_steps: int = key(3, "untimed steps first (compile, allocator, caches)")
-    timed_steps: int = key(10, "steps to time")
-    bench_micro_steps: int = key(1, "micro-batches per timed optimizer step")
+    warmup_steps: int = key(3, "untimed steps first (compile, allocator, caches)", range="[0, inf)")
+    timed_steps: int = key(10, "steps to time", range="[1, inf)")
+    bench_micro_steps: int = key(1, "micro-batches per timed optimizer step", range="[1, inf)")
 
 
 def bench(cfg: BenchConfig) -> dict:

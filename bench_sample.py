@@ -25,8 +25,8 @@ from model import GPT, GPTConfig
 class BenchSampleConfig:
     lengths: str = key("256,512,1024", "comma-separated numbers of new tokens")
     modes: str = key("cache,nocache", "which to time: cache, nocache")
-    prompt_tokens: int = key(16, "prompt length")
-    batch: int = key(1, "sequences generated together")
+    prompt_tokens: int = key(16, "prompt length", range="[1, inf)")
+    batch: int = key(1, "sequences generated together", range="[1, inf)")
     device: str = key("auto", "'auto', 'cpu', 'cuda', 'mps'")
     dtype: str = key("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'", choices=hardware.DTYPES)
     compile: bool = key(False, "torch.compile the model (dynamic shapes) before timing")
