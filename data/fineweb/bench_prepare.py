@@ -20,16 +20,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
+from configurator import cli, key  # noqa: E402
 
 
-def arg(name: str, default: str) -> str:
-    for a in sys.argv[1:]:
-        if a.startswith(f"--{name}="):
-            return a.split("=", 1)[1]
-    return default
+@dataclass
+class BenchPrepareConfig:
+    input: str = key(os.path.join(HERE, "..", "..", "..", "shared", "data", "fineweb", "fineweb_legal_pilot_batches"),
+                     "a parquet file or a folder of them (a 'text' column)")
+    synthetic_gb: float = key(2.0, "size of the synthetic parquet file built from the input (0 = skip)",
+                              range="[0, inf)")
+    rows_per_group: int = key(20000, "rows per row group of the synthetic file", range="[1, inf)")
+    work_dir: str = key("", "where the outputs go ('' = a new temporary folder)")
 
 
 def read_texts(inp: str) -> list[str]:
@@ -93,11 +98,9 @@ def loader_speed(data_dir: str, n: int = 300) -> float:
 
 
 def main() -> None:
-    inp = os.path.expanduser(arg("input", os.path.join(HERE, "..", "..", "..", "shared", "data", "fineweb",
-                                                           "fineweb_legal_pilot_batches")))
-    gb = float(arg("synthetic_gb", "2"))
-    rows = int(arg("rows_per_group", "20000"))
-    work = arg("work_dir", tempfile.mkdtemp(prefix="bench_prepare_"))
+    cfg = cli(BenchPrepareConfig, "bench_prepare.py")
+    inp, gb, rows = os.path.expanduser(cfg.input), cfg.synthetic_gb, cfg.rows_per_group
+    work = cfg.work_dir or tempfile.mkdtemp(prefix="bench_prepare_")
     texts = read_texts(inp)
     print(f"cores: {os.cpu_count()}; input: {len(texts)} documents from {inp}", flush=True)
     raw = raw_tiktoken(texts)
