@@ -146,33 +146,42 @@ def open_compressed(path: str) -> IO[bytes]:
 def read_jsonl(path: str, column: str, start: int, batch_docs: int, report: Report) -> Iterator[list]:
     """Batches of texts, one JSON object per line, from line `start + 1` on. A line that is not an object
     with a string `column` is reported (file:line) and stands as BAD."""
-    batch: list = []
     with open_compressed(path) as f:
         if f.peek(256).lstrip()[:1] == b"[":
             report(f"{path} holds one JSON array, not JSON lines (one object per line); convert it, e.g. "
                    f"jq -c '.[]' {path} > {os.path.basename(path).split('.')[0]}.jsonl")
             return
-        for lineno, raw in enumerate(f, 1):
-            if lineno - 1 < start:
-                continue
-            text = BAD
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict) or column not in obj:
-                    fields = list(obj) if isinstance(obj, dict) else type(obj).__name__
-                    report(f"{path}:{lineno}: no {column!r} field (has {fields}); pass --text_column=NAME")
-                elif obj[column] is not None and not isinstance(obj[column], str):
-                    report(f"{path}:{lineno}: {column!r} is {type(obj[column]).__name__} {str(obj[column])[:40]}, not text")
-                else:
-                    text = obj[column]
-            except UnicodeDecodeError as e:
-                report(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}")
-            except json.JSONDecodeError as e:
-                report(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})")
-            batch.append(text)
-            if len(batch) == batch_docs:
-                yield batch
-                batch = []
+        yield from batched((_json_text(raw, path, lineno, column, report)
+                            for lineno, raw in enumerate(f, 1) if lineno > start), batch_docs)
+
+
+def _json_text(raw: bytes, path: str, lineno: int, column: str, report: Report):
+    """The text of one JSON line, or BAD (reported)."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        report(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}")
+        return BAD
+    except json.JSONDecodeError as e:
+        report(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})")
+        return BAD
+    if not isinstance(obj, dict) or column not in obj:
+        fields = list(obj) if isinstance(obj, dict) else type(obj).__name__
+        report(f"{path}:{lineno}: no {column!r} field (has {fields}); pass --text_column=NAME")
+        return BAD
+    if obj[column] is not None and not isinstance(obj[column], str):
+        report(f"{path}:{lineno}: {column!r} is {type(obj[column]).__name__} {str(obj[column])[:40]}, not text")
+        return BAD
+    return obj[column]
+
+
+def batched(texts: Iterator, size: int) -> Iterator[list]:
+    batch: list = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
     if batch:
         yield batch
 
@@ -196,21 +205,15 @@ def stream_hf_dataset(dataset: str, config: str, split: str, column: str, start:
     try:
         import datasets
         ds = datasets.load_dataset(dataset, name=config or None, split=split, streaming=True)
-        batch: list = []
-        for i, row in enumerate(ds):
-            if i < start:
-                continue
+
+        def text_of(i: int, row: dict):
             text = row.get(column)
             if text is not None and not isinstance(text, str):
                 report(f"{dataset} row {i}: {column!r} is {type(text).__name__} {str(text)[:40]}, not text; pass "
                        f"--text_column=NAME")
-                text = BAD
-            batch.append(text)
-            if len(batch) == batch_docs:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+                return BAD
+            return text
+        yield from batched((text_of(i, row) for i, row in enumerate(ds) if i >= start), batch_docs)
     except PrepareError:
         raise
     except Exception as e:
