@@ -112,9 +112,10 @@ def check_token_ids(shards: list[np.memmap], vocab_size: int, split: str, sample
         if highest >= vocab_size:
             raise ShardError(
                 f"{shard.filename}: the {split} shards hold token id {highest}, but the model has only vocab_size="
-                f"{vocab_size} embeddings: the shards were made with a larger vocabulary than the model's. Use "
-                f"--vocab_size={-(-(highest + 1) // 64) * 64} (the next multiple of 64), or shards tokenized for "
-                f"this model (prepare.py records its tokenizer in meta.json)")
+                f"{vocab_size} embeddings: the shards were made with a larger vocabulary than the model's. A new "
+                f"run can use --vocab_size={-(-(highest + 1) // 64) * 64} (the next multiple of 64); a resumed or "
+                f"GPT-2-initialised model keeps its vocabulary and needs shards tokenized for it (prepare.py "
+                f"records its tokenizer in meta.json)")
 
 
 def to_device(x: np.ndarray, device: str) -> torch.Tensor:

@@ -35,6 +35,11 @@ class ExportError(RuntimeError):
     """The export cannot be written where asked; the message says why and what to do."""
 
 
+try:  # safetensors reports a failed write with its own exception type
+    from safetensors import SafetensorError
+    WRITE_ERRORS: tuple = (SafetensorError,)
+except ImportError:
+    WRITE_ERRORS = ()
 RUN_FILES = ("ckpt.pt", "ckpt_best.pt", "metrics.jsonl")  # what marks a training run's out_dir
 
 
@@ -68,8 +73,8 @@ def export(cfg: ExportConfig) -> str:
         if cfg.tokenizer_files and tok_record["name"] == tokenizer.GPT2["name"]:
             try:
                 write_gpt2_tokenizer(staging)
-            except tokenizer.TokenizerError as e:  # offline and not cached: the weights are still usable
-                print(f"warning: GPT-2 tokenizer files not written ({e}); load the tokenizer with "
+            except Exception as e:  # offline and not cached, ...: the weights are still usable
+                print(f"warning: GPT-2 tokenizer files not written ({type(e).__name__}: {e}); load the tokenizer with "
                       f"AutoTokenizer.from_pretrained('gpt2') instead", file=sys.stderr)
         elif cfg.tokenizer_files:
             print(f"note: tokenizer {tok_record['name']} has no Hugging Face files here; only the model was written",
@@ -77,7 +82,7 @@ def export(cfg: ExportConfig) -> str:
         os.makedirs(cfg.hf_dir, exist_ok=True)
         for name in os.listdir(staging):
             os.replace(os.path.join(staging, name), os.path.join(cfg.hf_dir, name))
-    except Exception as e:  # a full disk, a read-only folder: safetensors, transformers and os each say it their way
+    except (OSError, RuntimeError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
         raise ExportError(f"could not write the export into {cfg.hf_dir} ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[-1][:200]}); is the disk full or the folder read-only?") from None
     finally:

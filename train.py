@@ -174,6 +174,10 @@ def resuming(cfg: TrainConfig) -> bool:
 
 def refuse_to_overwrite(cfg: TrainConfig) -> None:
     existing = [f for f in (LATEST, BEST) if os.path.exists(os.path.join(cfg.out_dir, f))]
+    if cfg.init_from == "auto" and existing == [BEST]:
+        raise ConfigError(f"{cfg.out_dir} holds {BEST} but no {LATEST} (a run with always_save_checkpoint=False "
+                          f"that stopped early?); to continue from the best checkpoint, copy it to {LATEST}; or use "
+                          f"another --out_dir")
     if not resuming(cfg) and existing:
         raise ConfigError(f"{cfg.out_dir} already holds a checkpoint ({', '.join(existing)}) that a new run would "
                           f"overwrite; continue it with --init_from=resume, or use another --out_dir (or delete "
@@ -204,12 +208,14 @@ def load_data(cfg: TrainConfig, env: Env) -> tuple[TrainLoader, ValSet, dict]:
 
 
 def checkpoint_to_resume(cfg: TrainConfig, env: Env) -> dict | None:
-    """out_dir/ckpt.pt when this run resumes, else None; every process must see the same out_dir."""
+    """out_dir/ckpt.pt when this run resumes, else None. Decided from what every process sees, so that all
+    of them take the same branch; they must all see the same out_dir."""
     seen = env.gather(os.path.exists(os.path.join(cfg.out_dir, LATEST)))
-    if resuming(cfg) and any(seen) and not all(seen):
+    resume = cfg.init_from == "resume" or (cfg.init_from == "auto" and any(seen))
+    if resume and any(seen) and not all(seen):
         raise ConfigError(f"{cfg.out_dir}/{LATEST} exists for ranks {[r for r, s in enumerate(seen) if s]} but not for "
                           f"the others: rank 0 writes checkpoints, so out_dir must be on storage that every node reads")
-    return load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if resuming(cfg) else None
+    return load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if resume else None
 
 
 def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
@@ -431,16 +437,16 @@ def train(cfg: TrainConfig) -> dict:
         check_data_fits(raw_model, tok_record, train_loader, val_set)
         optimizer, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
-        model = compile_and_wrap(raw_model, cfg, env)
         log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_id,
                      {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
                       "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device)})
         state.wandb_id = log.wandb.id or state.wandb_id
         flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
         stop, start_step, elapsed_before, t0 = StopFlag(), state.step, state.elapsed, time.time()
-        x, y, batch_state = train_loader.next_batch()
         last_loss = val_loss = None
+        model = compile_and_wrap(raw_model, cfg, env)
         try:
+            x, y, batch_state = train_loader.next_batch()
             for step in range(start_step, cfg.max_iters + 1):
                 state.step, state.elapsed = step, elapsed_before + time.time() - t0
                 last_step = step == cfg.max_iters
@@ -509,7 +515,9 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def fail(message: str) -> NoReturn:
-    """Exit with the message; under torchrun one process per machine prints it, the others exit quietly."""
+    """Exit with the message; under torchrun one process per machine prints it, the others exit quietly.
+    (The user errors caught in main() are raised by every process alike; one raised only on a process
+    other than its machine's first would go unprinted, and torchrun's summary names that process.)"""
     sys.exit(message if distributed.prints_errors() else 1)
 
 

@@ -38,15 +38,19 @@ set -euo pipefail
 # source .venv/bin/activate         # or however your site provides python with requirements.txt
 
 export GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
-export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
+MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
+[ -n "$MASTER_ADDR" ] || { echo "slurm_train.sh: no rendezvous host from SLURM_JOB_NODELIST='$SLURM_JOB_NODELIST'" >&2; exit 1; }
+export MASTER_ADDR
 export MASTER_PORT=${MASTER_PORT:-29500}
 cd "${SLURM_SUBMIT_DIR:-.}"  # sbatch runs a copy of this script from a spool folder
 
 echo "$(date): $SLURM_NNODES node(s) x $GPUS_PER_NODE process(es), rendezvous at $MASTER_ADDR:$MASTER_PORT"
 # Each node's torchrun ignores SIGUSR1 (its default action would kill it, and its workers with it);
 # the trainers it starts install their own handler for it.
-srun --kill-on-bad-exit=1 bash -c 'trap "" USR1; exec python -m torch.distributed.run \
+# (srun no longer inherits sbatch's --cpus-per-task since Slurm 22.05: pass it on, or torchrun and all its
+# workers may share one core)
+srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" bash -c 'trap "" USR1; exec python -m torch.distributed.run \
     --nnodes="$SLURM_NNODES" --nproc_per_node="$GPUS_PER_NODE" \
     --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="$SLURM_JOB_ID" \
     train.py --init_from=auto "$@"' slurm_train "$@"
-echo "$(date): done; to continue the run (if it stopped before max_iters): sbatch scripts/slurm_train.sh $*"
+echo "$(date): done; to continue the run (if it stopped before max_iters): sbatch scripts/slurm_train.sh $(printf '%q ' "$@")"

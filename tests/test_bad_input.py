@@ -317,3 +317,33 @@ def test_kill_9_while_a_checkpoint_is_written_keeps_the_previous_one(synthetic_s
     run_train(synthetic_shards, out, "--max_iters=6", "--eval_interval=2", "--init_from=resume")
     assert sorted(losses(out)) == list(range(6)) and load_checkpoint(str(out / "ckpt.pt"))["step"] == 6
     assert [r["step"] for r in metrics(out)] == list(range(7))
+
+
+# ----------------------------------------------------------------------------- review follow-ups
+
+def test_auto_decides_from_what_every_rank_sees(tmp_path):
+    from distributed import Env
+
+    class TwoRanks(Env):
+        def gather(self, obj):  # rank 0 sees out_dir/ckpt.pt, rank 1 (another node) does not
+            return [True, False]
+
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    cfg = train.TrainConfig(out_dir=str(tmp_path), init_from="auto")
+    with pytest.raises(train.ConfigError, match="exists for ranks \\[0\\] but not for the others"):
+        train.checkpoint_to_resume(cfg, TwoRanks("cpu", rank=1, world_size=2, ddp=True))
+
+
+def test_auto_with_only_the_best_checkpoint_says_what_to_do(synthetic_shards, tmp_path):
+    (tmp_path / "ckpt_best.pt").write_bytes(b"best")
+    fails_cleanly(train.main, [*TINY, f"--data_dir={synthetic_shards}", f"--out_dir={tmp_path}", "--init_from=auto"],
+                  "holds ckpt_best.pt but no ckpt.pt", "copy it to ckpt.pt", untouched=[tmp_path])
+
+
+def test_dictionary_encoded_text_is_text_and_a_corrupt_zst_is_reported(tiktoken_cache, tmp_path):
+    path = tmp_path / "dict.parquet"
+    pq.write_table(pa.table({"text": pa.array(["one doc", "two doc", "one doc"]).dictionary_encode()}), path)
+    assert prepare.main([f"--input={path}", f"--out_dir={tmp_path / 'o1'}", "--val_docs=1", "--progress=False"])["docs"] == 3
+    (tmp_path / "bad.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"not really zstd" * 20)
+    fails_cleanly(prepare.main, [f"--input={tmp_path / 'bad.jsonl.zst'}", f"--out_dir={tmp_path / 'o2'}",
+                                 "--progress=False"], "bad.jsonl.zst: unreadable", "re-download")

@@ -33,7 +33,7 @@ import tokenizer  # noqa: E402
 from atomic import AtomicFile, write_json  # noqa: E402
 from configurator import cli, key, value_problems  # noqa: E402
 from dataloader import PREPARE_STATE, header_for  # noqa: E402
-from readers import (BAD, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
+from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
                      parquet_rows, prefetch, read_jsonl, read_parquet, read_txt, stream_hf_dataset)
 
 FORMAT_VERSION = 1
@@ -212,7 +212,7 @@ class Prepare:
                     row += len(texts)
             except PrepareError:
                 raise
-            except (OSError, EOFError, ValueError, zlib.error) as e:  # corrupt/truncated; ArrowInvalid is a ValueError
+            except (OSError, EOFError, ValueError, zlib.error, *ZSTD_ERRORS) as e:  # corrupt/truncated; ArrowInvalid is a ValueError
                 self._report(f"{src.name}: unreadable after {row} documents ({type(e).__name__}: {e}); "
                              f"the file is corrupt or truncated, re-download it")
 

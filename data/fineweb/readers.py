@@ -18,6 +18,16 @@ from typing import IO, Callable, Iterator
 # SlimPajama and RedPajama ship .jsonl.zst)
 JSON_LINES = tuple(ext + comp for ext in (".jsonl", ".json") for comp in ("", ".gz", ".zst"))
 SUFFIXES = (".parquet", *JSON_LINES, ".txt")
+# a folder is searched for these only: dataset folders keep metadata in .json files (dataset_info.json);
+# name .json data files, or glob them ('c4/*.json.gz')
+FOLDER_SUFFIXES = tuple(s for s in SUFFIXES if ".json." not in s + ".")
+
+
+try:  # a corrupt .zst file raises zstandard's own error
+    from zstandard import ZstdError
+    ZSTD_ERRORS: tuple = (ZstdError,)
+except ImportError:
+    ZSTD_ERRORS = ()
 
 
 class PrepareError(RuntimeError):
@@ -52,9 +62,10 @@ def expand_inputs(spec: str) -> list[str]:
         part = os.path.expanduser(part)
         if os.path.isdir(part):
             found = sorted(p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True)
-                           if p.endswith(SUFFIXES))
+                           if p.endswith(FOLDER_SUFFIXES))
             if not found:
-                raise PrepareError(f"folder {part} holds no {', '.join(SUFFIXES)} files")
+                raise PrepareError(f"folder {part} holds no {', '.join(FOLDER_SUFFIXES)} files (name .json files, "
+                                   f"or glob them: --input='{part}/*.json.gz')")
         elif any(c in part for c in "*?["):
             found = sorted(glob.glob(part, recursive=True))
             if not found:
@@ -95,7 +106,10 @@ def parquet_rows(path: str) -> int | None:
 
 
 def _is_text(arrow_type) -> bool:
+    """Strings, in any of arrow's layouts (large, view, dictionary-encoded)."""
     import pyarrow as pa
+    if pa.types.is_dictionary(arrow_type):
+        return _is_text(arrow_type.value_type)
     view = getattr(pa.types, "is_string_view", None)  # pyarrow >= 16
     return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or bool(view and view(arrow_type))
 
