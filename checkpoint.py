@@ -88,8 +88,11 @@ RESUME_KEYS = ("step", "optimizer", "scaler", "loader", "rng", "config", "best_v
 def check_resumable(ckpt: dict, path: str) -> None:
     """A checkpoint another trainer wrote can be sampled from but not continued: say what it is."""
     missing = [k for k in RESUME_KEYS if k not in ckpt]
-    if not missing:
+    if not missing and isinstance(ckpt["rng"], list):
         return
+    if not missing:  # one RNG state, not one per process: this project's layout before per-rank states
+        raise CheckpointError(f"{path} was written by an older version of fineweb-gpt (one RNG state, not one per "
+                              f"process) and cannot be resumed by this one; sample.py and export.py still read it")
     what = (f"a nanoGPT checkpoint (iter_num {ckpt['iter_num']})" if "iter_num" in ckpt else
             f"not a checkpoint train.py can continue (it lacks {missing})")
     raise CheckpointError(f"{path} is {what}: its model weights load for sample.py and export.py, but a resume "

@@ -67,3 +67,12 @@ def test_resume_from_an_incompatible_checkpoint_is_explained(synthetic_shards, t
                                str(tmp_path / "ckpt.pt"))
     with pytest.raises(checkpoint.CheckpointError, match="does not fit this version's GPT"):
         run_train(synthetic_shards, tmp_path, "--init_from=resume")
+
+
+def test_an_older_layout_is_refused_for_resume_with_a_message(synthetic_shards, tmp_path):
+    run_train(synthetic_shards, tmp_path, "--max_iters=2", "--eval_interval=2")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ckpt["rng"] = ckpt["rng"][0]  # the layout before every process's RNG state was kept
+    checkpoint.save_checkpoint(ckpt, str(tmp_path / "ckpt.pt"))
+    with pytest.raises(checkpoint.CheckpointError, match="older version of fineweb-gpt .* sample.py and export.py"):
+        run_train(synthetic_shards, tmp_path, "--max_iters=4", "--init_from=resume")
