@@ -64,13 +64,14 @@ def value_problems(cfg: Any) -> list[str]:
     return problems
 
 
-def check_values(cfg: Any) -> None:
-    """Raise one ConfigError listing every value outside its key's choices or range."""
-    problems = value_problems(cfg)
+def check_values(cfg: Any, extra: list[str] = (), title: str = "invalid config:") -> None:
+    """Raise one ConfigError listing every value outside its key's choices or range, and the `extra`
+    problems a script finds between keys."""
+    problems = value_problems(cfg) + list(extra)
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
-        raise ConfigError("\n  ".join(["invalid config:"] + problems))
+        raise ConfigError("\n  ".join([title] + problems))
 
 
 def _field_types(cls: type) -> dict[str, Any]:

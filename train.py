@@ -29,7 +29,7 @@ import tokenizer
 from atomic import atomic_write, publish_copy, write_json
 from checkpoint import (BEST, LATEST, CheckpointError, build_model, check_resumable, load_checkpoint, rng_state,
                         save_checkpoint, set_rng_state)
-from configurator import ConfigError, format_config, key, parse_config, value_problems
+from configurator import ConfigError, check_values, format_config, key, parse_config
 from dataloader import ShardError, TrainLoader, ValSet, check_token_ids, read_meta
 from distributed import Env
 from hf_interop import GPT2_MODELS, from_pretrained
@@ -102,11 +102,10 @@ class TrainingError(RuntimeError):
 def check_config(cfg: TrainConfig) -> None:
     """Every problem with the training keys in one message: each key's declared choices and range, and
     what depends on two keys (the model keys are also checked together by GPTConfig)."""
-    problems = value_problems(cfg)
+    between = []
     if cfg.min_lr > cfg.learning_rate:
-        problems.append(f"min_lr={cfg.min_lr} exceeds learning_rate={cfg.learning_rate}: the schedule decays to min_lr")
-    if problems:
-        raise ConfigError("\n  ".join(["invalid training config:"] + problems))
+        between.append(f"min_lr={cfg.min_lr} exceeds learning_rate={cfg.learning_rate}: the schedule decays to min_lr")
+    check_values(cfg, between, "invalid training config:")
 
 
 def model_config(cfg: TrainConfig) -> GPTConfig:

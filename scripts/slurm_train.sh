@@ -25,7 +25,7 @@
 #SBATCH --signal=USR1@180
 #SBATCH --output=slurm-%j.out
 #  --signal: seconds of warning before the limit; leave room for one training step plus one checkpoint
-#  save (a 124M model's step of 524k tokens takes seconds on 8 GPUs, a save a few seconds more). SLURM
+#  save (train.py logs its step time; `python bench.py CONFIG` measures it before you submit). SLURM
 #  delivers it to every process of the step where it tracks them by cgroup (the usual setting); where it
 #  does not reach the trainers, the SIGTERM at the limit still does (torchrun forwards it), with only
 #  SLURM's KillWait (often 30 s) to finish the step and save.

@@ -347,3 +347,9 @@ def test_dictionary_encoded_text_is_text_and_a_corrupt_zst_is_reported(tiktoken_
     (tmp_path / "bad.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"not really zstd" * 20)
     fails_cleanly(prepare.main, [f"--input={tmp_path / 'bad.jsonl.zst'}", f"--out_dir={tmp_path / 'o2'}",
                                  "--progress=False"], "bad.jsonl.zst: unreadable", "re-download")
+    zstandard = pytest.importorskip("zstandard", reason="zstandard is in requirements.txt")
+    lines = ("\n".join(json.dumps({"text": f"document {i} " * 30}) for i in range(500)) + "\n").encode()
+    whole = zstandard.ZstdCompressor().compress(lines)
+    (tmp_path / "cut.jsonl.zst").write_bytes(whole[:len(whole) // 2])  # a download that stopped halfway
+    fails_cleanly(prepare.main, [f"--input={tmp_path / 'cut.jsonl.zst'}", f"--out_dir={tmp_path / 'o3'}",
+                                 "--progress=False"], "cut.jsonl.zst: unreadable after", "truncated", "re-download")

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import tokenizer  # noqa: E402
 from atomic import AtomicFile, write_json  # noqa: E402
-from configurator import cli, key, value_problems  # noqa: E402
+from configurator import ConfigError, check_values, cli, key  # noqa: E402
 from dataloader import PREPARE_STATE, header_for  # noqa: E402
 from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
                      parquet_rows, prefetch, read_jsonl, read_parquet, read_txt, stream_hf_dataset)
@@ -111,11 +111,8 @@ class Prepare:
     """One run of the pipeline: sources -> tokens -> val shard(s) then train shards."""
 
     def __init__(self, cfg: PrepareConfig):
-        problems = value_problems(cfg)  # the ranges and choices declared with the options
-        if cfg.val_tokens == 0 and cfg.val_docs == 0:
-            problems.append("train.py evaluates on a val split: set --val_tokens or --val_docs above 0")
-        if problems:
-            raise PrepareError("\n  ".join(["invalid options:"] + problems) if len(problems) > 1 else problems[0])
+        no_val = cfg.val_tokens == 0 and cfg.val_docs == 0
+        check_values(cfg, ["train.py evaluates on a val split: set --val_tokens or --val_docs above 0"] * no_val)
         self.cfg = cfg
         self.sources = self._resolve_sources()  # a wrong path is reported before anything is downloaded
         try:
@@ -395,6 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = cli(PrepareConfig, "prepare.py", argv)
     try:
         return Prepare(cfg).run()
+    except ConfigError as e:
+        sys.exit(f"prepare.py: config error: {e}")
     except PrepareError as e:
         sys.exit(f"prepare.py: error: {e}")
     except KeyboardInterrupt:

@@ -152,9 +152,40 @@ def open_compressed(path: str) -> IO[bytes]:
         except ImportError:
             raise PrepareError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard, "
                                f"listed in requirements.txt)") from None
-        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader)
+        return io.BufferedReader(_ZstdFrames(path, zstandard.ZstdDecompressor()))
     return open(path, "rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """A zstd file's frames, decompressed one after another. Unlike zstandard's stream reader it raises
+    EOFError when the file ends inside a frame (a truncated download), as gzip does."""
+
+    def __init__(self, path: str, decompressor):
+        self.file, self.decompressor = open(path, "rb"), decompressor
+        self.frame, self.pending = decompressor.decompressobj(), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            data = self.file.read(1 << 20)
+            if not data:
+                if not self.frame.eof:
+                    raise EOFError("the file ends in the middle of a zstd frame (truncated)")
+                return 0
+            while data:
+                if self.frame.eof:  # the next frame starts here
+                    self.frame = self.decompressor.decompressobj()
+                self.pending += self.frame.decompress(data)
+                data = self.frame.unused_data if self.frame.eof else b""
+        n = min(len(buffer), len(self.pending))
+        buffer[:n], self.pending = self.pending[:n], self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
 
 
 def read_jsonl(path: str, column: str, start: int, batch_docs: int, report: Report) -> Iterator[list]:
