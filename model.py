@@ -1,14 +1,25 @@
-"""GPT-2, faithful by default, so OpenAI / Hugging Face GPT-2 weights map onto it 1:1.
+"""The GPT: GPT-2 by default, so OpenAI / Hugging Face GPT-2 weights map onto it 1:1, with the options of
+the modern recipe chosen in GPTConfig.
 
-Architecture (Radford et al. 2019): learned token + position embeddings, pre-LayerNorm blocks of
-causal self-attention and a GELU MLP (4x), a final LayerNorm, and an output head tied to the token
-embedding. Attention runs through torch's scaled_dot_product_attention (flash kernels on GPU).
-Initialisation: N(0, 0.02), with residual projections scaled by 1/sqrt(2 * n_layer) (GPT-2 paper).
+GPT-2 (Radford et al. 2019): learned token + position embeddings, pre-LayerNorm blocks of causal
+self-attention and a GELU MLP (4x), a final LayerNorm, and an output head tied to the token embedding.
 Names follow GPT-2 (wte, wpe, h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f).
 
-Attention can write into a preallocated KV cache (KVCache) so that generation (generation.py) feeds
-one new token per step. GPT-2 / Hugging Face weight conversion lives in hf_interop.py. This file
-depends on torch alone.
+Options, each picking a module in __init__ so forward reads the same for every combination:
+  pos_emb='rope'        rotary position embedding (Su et al. 2021) on queries and keys, no wpe
+  norm='rmsnorm'        RMSNorm (Zhang & Sennrich 2019) in place of LayerNorm
+  qk_norm=True          RMSNorm of each head's queries and keys before attention (Dehghani et al. 2023)
+  mlp='relu2'|'swiglu'  ReLU squared (So et al. 2021, "Primer") or SwiGLU (Shazeer 2020)
+  tie_embeddings=False  a separate output head
+  logit_softcap=c       logits = c * tanh(logits / c) (Gemma 2)
+  zero_init_proj=True   the projections into the residual stream start at zero (modded-nanogpt)
+The modern recipe (config/train_fineweb.py) uses the modded-nanogpt / nanochat family of these; with
+rope + rmsnorm + qk_norm + swiglu and no bias or softcap the model is a Qwen3 model (hf_interop.py).
+
+Attention runs through torch's scaled_dot_product_attention and can write into a preallocated KV cache
+(KVCache) so that generation (generation.py) feeds one new token per step. The training loss runs the
+output head and the cross-entropy together in chunks (torch's linear_cross_entropy), so the
+(tokens x vocab) logits are never held at once. This file depends on torch alone.
 """
 from __future__ import annotations
 
@@ -18,6 +29,9 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+POS_EMBS, NORMS, MLPS = ("learned", "rope"), ("layernorm", "rmsnorm"), ("gelu", "relu2", "swiglu")
 
 
 @dataclass
@@ -29,6 +43,14 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    pos_emb: str = "learned"
+    rope_theta: float = 10000.0  # RoFormer's base
+    norm: str = "layernorm"
+    qk_norm: bool = False
+    mlp: str = "gelu"
+    tie_embeddings: bool = True
+    logit_softcap: float = 0.0  # 0 = off
+    zero_init_proj: bool = False
 
     def __post_init__(self):
         problems = []
@@ -37,10 +59,32 @@ class GPTConfig:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.logit_softcap < 0:
+            problems.append(f"logit_softcap must be 0 (off) or positive, got {self.logit_softcap}")
+        for name, allowed in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not problems and self.n_embd % self.n_head:
             problems.append(self._head_mismatch())
+        elif not problems and self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            problems.append(f"pos_emb='rope' rotates pairs of dimensions, so the head size must be even; "
+                            f"n_embd/n_head = {self.n_embd}/{self.n_head} = {self.n_embd // self.n_head}")
+        if self.rope_theta <= 0:
+            problems.append(f"rope_theta must be positive, got {self.rope_theta}")
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width: 4 x n_embd; SwiGLU's two input matrices get 2/3 of that each (rounded up to
+        a multiple of 64), so every MLP type has about the same parameters (Shazeer 2020)."""
+        if self.mlp == "swiglu":
+            return math.ceil(8 * self.n_embd / 3 / 64) * 64
+        return 4 * self.n_embd
 
     def _head_mismatch(self) -> str:
         """Explain n_embd % n_head != 0 with the nearest valid choices and their sizes."""
@@ -65,6 +109,39 @@ def count_params(config: GPTConfig) -> dict[str, int]:
         return GPT(config).num_params()
 
 
+def make_norm(config: GPTConfig, size: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(size, eps=1e-6)  # 1e-6 as Llama and Qwen3, so the exported model computes the same
+    return nn.LayerNorm(size, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: rotates pairs (i, i + head_size/2) of a head's dimensions by an angle
+    proportional to the absolute position (the half-split layout of GPT-NeoX, Llama and Qwen3)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        half = config.head_size // 2
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(half, dtype=torch.float32) / half)
+        angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block_size, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)  # derived from the config: not saved
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """x (B, nh, T, hs) at absolute positions start..start+T-1."""
+        T, half = x.size(2), x.size(3) // 2
+        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)  # (T, hs/2)
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class NoRotary(nn.Module):
+    """Learned absolute positions are added to the input instead (GPT.wpe)."""
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        return x
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -72,19 +149,25 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.q_norm = nn.RMSNorm(config.head_size, eps=1e-6) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(config.head_size, eps=1e-6) if config.qk_norm else nn.Identity()
+        self.rotary = Rotary(config) if config.pos_emb == "rope" else NoRotary()
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.size()
+        start = cache.pos if cache is not None else 0  # absolute position of x's first token
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in (q, k, v))  # (B, T, nh, hs)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k = self.rotary(q, start), self.rotary(k, start)
         dropout = self.dropout if self.training else 0.0
-        if cache is None or cache.pos == 0:
+        if start == 0:
             # training, or a cache's first chunk (prefill): plain causal attention over these T tokens
             if cache is not None:
                 cache.write(k, v)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
-            start = cache.pos
             k, v = cache.write(k, v)  # (B, nh, start+T, hs): everything seen so far
             if T == 1:
                 y = F.scaled_dot_product_attention(q, k, v)  # one new token may look at all of them
@@ -95,24 +178,39 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class ReLUSquared(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+class SwiGLU(nn.Module):
+    """c_fc's output holds the gate and the value side by side: silu(gate) * value."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = x.chunk(2, dim=-1)
+        return F.silu(gate) * value
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = config.mlp_hidden
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if config.mlp == "swiglu" else hidden, bias=config.bias)
+        self.act = {"gelu": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
+                    "relu2": ReLUSquared, "swiglu": SwiGLU}[config.mlp]()
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
@@ -140,7 +238,7 @@ class KVCache:
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype: torch.dtype):
         if max_len > config.block_size:
             raise ValueError(f"cache length {max_len} exceeds block_size {config.block_size}")
-        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        shape = (batch_size, config.n_head, max_len, config.head_size)
         self.layers = [LayerCache(torch.empty(shape, device=device, dtype=dtype),
                                   torch.empty(shape, device=device, dtype=dtype)) for _ in range(config.n_layer)]
 
@@ -149,50 +247,79 @@ class KVCache:
         return self.layers[0].pos
 
 
+class LearnedPositions(nn.Module):
+    """GPT-2's position embedding, added to the token embedding."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.block_size, config.n_embd))
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        return x + self.weight[start:start + x.size(1)]
+
+
 class GPT(nn.Module):
+    # Training-time switches that do not change the function computed, set by train.py (not saved):
+    chunked_loss: bool = True               # head + cross-entropy in chunks; False = materialise the logits
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config, config.n_embd),
         ))
+        if config.pos_emb == "learned":
+            self.transformer.wpe = LearnedPositions(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Every parameter's initial value, in one place (GPT-2 paper, as in OpenAI's code and nanoGPT).
+        """Every parameter's initial value, in one place.
 
-        Weights N(0, 0.02); the two projections that write into the residual stream (attn.c_proj,
-        mlp.c_proj) N(0, 0.02 / sqrt(2 * n_layer)), so the stream's variance does not grow with depth
-        (GPT-2 paper, section 2.3); biases 0; LayerNorm gains 1 and shifts 0.
+        GPT-2 (paper and OpenAI's code, as nanoGPT): weights N(0, 0.02); the two projections that write
+        into the residual stream (attn.c_proj, mlp.c_proj) N(0, 0.02 / sqrt(2 * n_layer)), so the stream's
+        variance does not grow with depth (GPT-2 paper, section 2.3); biases 0; norm gains 1, shifts 0.
+        Options: zero_init_proj starts those two projections at 0, so every block begins as the identity
+        and the first updates shape them (modded-nanogpt; nanochat). An untied head starts at 0, so the
+        first prediction is uniform and the loss at step 0 is exactly ln(vocab) (modded-nanogpt), and the
+        untied token embedding is N(0, 1): it only feeds norms, and Adam's steps are then small relative
+        to it (nanochat, modded-nanogpt use unit-scale embeddings).
         """
-        std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
+        c, std = self.config, 0.02
+        residual_std = 0.0 if c.zero_init_proj else std / math.sqrt(2 * c.n_layer)
         t = self.transformer
-        nn.init.normal_(t.wte.weight, std=std)  # also the output head: the weight is shared
-        nn.init.normal_(t.wpe.weight, std=std)
+        nn.init.normal_(t.wte.weight, std=std if c.tie_embeddings else 1.0)  # tied: also the output head
+        if not c.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
+        if c.pos_emb == "learned":
+            nn.init.normal_(t.wpe.weight, std=std)
         for block in t.h:
             for linear, weight_std in ((block.attn.c_attn, std), (block.attn.c_proj, residual_std),
                                        (block.mlp.c_fc, std), (block.mlp.c_proj, residual_std)):
                 nn.init.normal_(linear.weight, std=weight_std)
                 if linear.bias is not None:
                     nn.init.zeros_(linear.bias)
-        for norm in [t.ln_f] + [ln for block in t.h for ln in (block.ln_1, block.ln_2)]:
-            nn.init.ones_(norm.weight)
-            if norm.bias is not None:
-                nn.init.zeros_(norm.bias)
+        for norm in self.modules():
+            if isinstance(norm, (nn.LayerNorm, nn.RMSNorm)):
+                nn.init.ones_(norm.weight)
+                if getattr(norm, "bias", None) is not None:
+                    nn.init.zeros_(norm.bias)
 
     def num_params(self) -> dict[str, int]:
-        """Counted from the parameters (each once): wte (shared with lm_head), wpe, blocks (+ ln_f), total."""
+        """Counted from the parameters (each once): wte, wpe, lm_head (0 when tied to wte), blocks (+ ln_f), total."""
         t = self.transformer
-        wte, wpe = t.wte.weight.numel(), t.wpe.weight.numel()
+        wte = t.wte.weight.numel()
+        wpe = t.wpe.weight.numel() if self.config.pos_emb == "learned" else 0
+        head = 0 if self.config.tie_embeddings else self.lm_head.weight.numel()
         total = sum(p.numel() for p in self.parameters())
-        return {"wte": wte, "wpe": wpe, "blocks": total - wte - wpe, "total": total}
+        return {"wte": wte, "wpe": wpe, "lm_head": head, "blocks": total - wte - wpe - head, "total": total}
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token at seq_len (default block_size).
@@ -206,24 +333,46 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False):
-        """Logits (B, T, vocab) and the mean cross-entropy if targets are given (-1 = ignore).
+        """(logits, loss). Without targets: logits (B, T, vocab), or (B, 1, vocab) for the final position only
+        with last_only (all that sampling needs), and loss None. With targets (-1 = ignore): the mean
+        cross-entropy, and logits None when the loss was computed in chunks without them.
 
-        With a cache, idx continues the cached sequence at position cache.pos. last_only returns
-        logits for the final position only (B, 1, vocab), which is all sampling needs.
+        With a cache, idx continues the cached sequence at position cache.pos.
         """
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.config.pos_emb == "learned":
+            x = self.transformer.wpe(x, start)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache.layers[i] if cache is not None else None)
+            if self.activation_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache.layers[i] if cache is not None else None)
         x = self.transformer.ln_f(x)
-        if last_only:
-            x = x[:, -1:, :]
-        logits = self.lm_head(x)  # (B, T, vocab)
+        if targets is not None and self.chunked_loss and not self.config.logit_softcap:
+            return None, self.chunked_cross_entropy(x, targets)
+        logits = self.logits(x[:, -1:, :] if last_only else x)  # (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(x)
+        if self.config.logit_softcap:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def chunked_cross_entropy(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """lm_head + cross-entropy over (B*T) rows in chunks: the logits exist one chunk at a time."""
+        weight = self.lm_head.weight
+        if torch.is_autocast_enabled(x.device.type):  # the head matmul in the autocast dtype, as nn.Linear would
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
+        return F.linear_cross_entropy(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), ignore_index=-1,
+                                      options=torch.nn.LinearCrossEntropyOptions())

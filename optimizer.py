@@ -1,18 +1,112 @@
-"""The optimizer a GPT trains with: which parameters decay, and the fastest AdamW this device has."""
+"""The optimizers a GPT trains with, and which parameter goes where.
+
+adamw: GPT-2's recipe. One fused AdamW; matrices and embeddings decay, biases and norm gains do not.
+muon:  the modern recipe (modded-nanogpt, nanochat). torch.optim.Muon for the 2-D weights inside the
+       blocks (its update is the orthogonalised momentum, so every direction of a matrix moves at the
+       same rate); AdamW for the token embedding, the output head, and the biases and norm gains, each
+       group with its own learning rate.
+
+Each group's lr is its peak learning rate; train.py's schedule scales every group by the same factor.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from model import GPT
 
+OPTIMIZERS = ("adamw", "muon")
+# The AdamW learning rates of the muon recipe are stated for n_embd=768 and scaled by sqrt(768 / n_embd)
+# (nanochat's rule), so a narrower model gets proportionally larger steps without retuning.
+REFERENCE_WIDTH = 768
 
-def make_optimizer(model: GPT, learning_rate: float, weight_decay: float,
-                   betas: tuple[float, float]) -> tuple[torch.optim.AdamW, str]:
-    """(AdamW, 'fused' or 'foreach'), decaying matrices and embeddings only (not biases or norm gains)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+@dataclass
+class OptimizerSettings:
+    name: str = "adamw"
+    learning_rate: float = 6e-4     # adamw: every parameter; muon: the block matrices
+    weight_decay: float = 0.1       # on the matrices (and, for adamw, the embeddings)
+    betas: tuple[float, float] = (0.9, 0.95)
+    embedding_lr: float = 0.3       # muon recipe's AdamW groups, at n_embd=768
+    head_lr: float = 0.004
+    scalar_lr: float = 0.02
+    muon_momentum: float = 0.95
+
+
+class OptimizerSet:
+    """Several torch optimizers stepped as one: the interface the training loop and GradScaler use
+    (param_groups, step, zero_grad, state_dict, load_state_dict)."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"optimizer state holds {sorted(state)}, this run uses {sorted(self.optimizers)}")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def param_groups(model: GPT, s: OptimizerSettings) -> list[dict]:
+    """The named parameter groups: each parameter exactly once, with its learning rate and weight decay."""
+    t = model.transformer
+    params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]  # a tied weight once
+    if s.name == "adamw":
+        return [{"name": "decayed", "params": [p for p in params if p.dim() >= 2], "lr": s.learning_rate,
+                 "weight_decay": s.weight_decay},
+                {"name": "not decayed", "params": [p for p in params if p.dim() < 2], "lr": s.learning_rate,
+                 "weight_decay": 0.0}]
+    scale = (REFERENCE_WIDTH / model.config.n_embd) ** 0.5
+    head = model.lm_head.weight  # with tied embeddings also the token embedding: the head's rate applies
+    embeddings = [p for p in [t.wte.weight] + ([t.wpe.weight] if "wpe" in t else []) if p is not head]
+    matrices = [p for block in t.h for p in block.parameters() if p.dim() == 2]
+    taken = {id(p) for p in [head, *embeddings, *matrices]}
+    scalars = [p for p in params if id(p) not in taken]
+    return [{"name": "muon: block matrices", "params": matrices, "lr": s.learning_rate, "weight_decay": s.weight_decay},
+            {"name": "adamw: embeddings", "params": embeddings, "lr": s.embedding_lr * scale, "weight_decay": 0.0},
+            {"name": "adamw: output head", "params": [head], "lr": s.head_lr * scale, "weight_decay": 0.0},
+            {"name": "adamw: norms and biases", "params": scalars, "lr": s.scalar_lr * scale, "weight_decay": 0.0}]
+
+
+def adamw(groups: list[dict], betas: tuple[float, float]) -> tuple[torch.optim.AdamW, str]:
+    """The fastest AdamW this device has: fused kernels where torch has them, else foreach."""
     try:
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True), "fused"
+        return torch.optim.AdamW(groups, betas=betas, fused=True), "fused"
     except (RuntimeError, TypeError):  # fused kernels are missing for this device type
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas), "foreach"
+        return torch.optim.AdamW(groups, betas=betas), "foreach"
+
+
+def make_optimizer(model: GPT, s: OptimizerSettings) -> tuple[torch.optim.Optimizer | OptimizerSet, list[str]]:
+    """(optimizer, one line per group describing it). Groups without parameters are left out."""
+    groups = [g for g in param_groups(model, s) if g["params"]]
+    if s.name == "adamw":
+        optimizer, kind = adamw(groups, s.betas)
+        labels = [f"AdamW ({kind})"] * len(groups)
+    else:
+        muon = [g for g in groups if g["name"].startswith("muon")]
+        optimizer, kind = adamw([g for g in groups if not g["name"].startswith("muon")], s.betas)
+        # "original" scales each matrix's step by sqrt(max(1, rows / cols)) (Keller Jordan's Muon), so the
+        # update's size per output dimension does not depend on the matrix's shape
+        optimizer = OptimizerSet({"muon": torch.optim.Muon(muon, momentum=s.muon_momentum, adjust_lr_fn="original"),
+                                  "adamw": optimizer})
+        labels = [f"Muon (momentum {s.muon_momentum}, nesterov)" if g["name"].startswith("muon") else f"AdamW ({kind})"
+                  for g in groups]
+    lines = [f"{g['name']}: {sum(p.numel() for p in g['params']) / 1e6:.2f}M params in {len(g['params'])} tensors, "
+             f"{label}, lr {g['lr']:.3g}, weight decay {g['weight_decay']:g}" for g, label in zip(groups, labels)]
+    return optimizer, lines

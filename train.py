@@ -33,8 +33,8 @@ from configurator import ConfigError, check_values, format_config, key, parse_co
 from dataloader import ShardError, TrainLoader, ValSet, check_token_ids, read_meta
 from distributed import Env
 from hf_interop import GPT2_MODELS, from_pretrained
-from model import GPT, GPTConfig
-from optimizer import make_optimizer
+from model import MLPS, NORMS, POS_EMBS, GPT, GPTConfig
+from optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -72,17 +72,39 @@ class TrainConfig:
     dropout: float = key(0.0, "dropout probability (0 for pretraining; try 0.1+ when fine-tuning)", range="[0, 1)")
     bias: bool = key(True, "biases in Linear and LayerNorm layers, as GPT-2")
     vocab_size: int = key(50304, "embedding rows: GPT-2's 50257 padded to a multiple of 64", range="[1, inf)")
-    # AdamW and schedule
-    learning_rate: float = key(6e-4, "peak learning rate", range="(0, inf)")
+    pos_emb: str = key("learned", "positions: 'learned' (GPT-2) or 'rope' (rotary, on queries and keys)", choices=POS_EMBS)
+    rope_theta: float = key(10000.0, "RoPE base (RoFormer's 10000)", range="(0, inf)")
+    norm: str = key("layernorm", "'layernorm' (GPT-2) or 'rmsnorm'", choices=NORMS)
+    qk_norm: bool = key(False, "RMSNorm each head's queries and keys before attention")
+    mlp: str = key("gelu", "MLP activation: 'gelu' (GPT-2), 'relu2' (ReLU squared) or 'swiglu'", choices=MLPS)
+    tie_embeddings: bool = key(True, "share the token embedding with the output head, as GPT-2")
+    logit_softcap: float = key(0.0, "logits = c*tanh(logits/c) with this c (0 = off)", range="[0, inf)")
+    zero_init_proj: bool = key(False, "start the projections into the residual stream (attn/mlp c_proj) at zero")
+    # optimizer and schedule
+    optimizer: str = key("adamw", "'adamw' (GPT-2's recipe) or 'muon' (Muon for the block matrices, AdamW for the "
+                         "embeddings, head, norms and biases)", choices=OPTIMIZERS)
+    learning_rate: float = key(6e-4, "peak learning rate: of every parameter (adamw), of the block matrices (muon)",
+                               range="(0, inf)")
+    embedding_lr: float = key(0.3, "muon: AdamW peak lr of the token (and position) embedding, at n_embd=768; "
+                              "scaled by sqrt(768/n_embd)", range="[0, inf)")
+    head_lr: float = key(0.004, "muon: AdamW peak lr of the output head (of the shared matrix when tied), at "
+                         "n_embd=768; scaled by sqrt(768/n_embd)", range="[0, inf)")
+    scalar_lr: float = key(0.02, "muon: AdamW peak lr of norm gains and biases, at n_embd=768; scaled by "
+                           "sqrt(768/n_embd)", range="[0, inf)")
+    muon_momentum: float = key(0.95, "muon: Nesterov momentum", range="[0, 1)")
     max_iters: int = key(5000, "optimizer updates in the whole run", range="[0, inf)")
-    weight_decay: float = key(0.1, "AdamW weight decay, applied to matrices and embeddings only", range="[0, inf)")
+    weight_decay: float = key(0.1, "decoupled weight decay of the matrices (adamw: and embeddings)", range="[0, inf)")
     beta1: float = key(0.9, "AdamW beta1", range="[0, 1)")
     beta2: float = key(0.95, "AdamW beta2", range="[0, 1)")
     grad_clip: float = key(1.0, "clip the global gradient norm to this (0 = no clipping)", range="[0, inf)")
-    decay_lr: bool = key(True, "linear warmup then cosine decay to min_lr (else constant learning_rate)")
+    decay_lr: bool = key(True, "follow lr_schedule after warmup (else constant learning_rate)")
+    lr_schedule: str = key("cosine", "after warmup, 'cosine' down to min_lr, or 'wsd': constant, then a linear cooldown "
+                           "to min_lr over the last cooldown_frac of the schedule", choices=("cosine", "wsd"))
+    cooldown_frac: float = key(0.2, "wsd: fraction of the schedule spent in the linear cooldown", range="(0, 1]")
     warmup_iters: int = key(200, "steps of linear warmup", range="[0, inf)")
-    lr_decay_iters: int = key(0, "step where the cosine reaches min_lr (0 = max_iters)", range="[0, inf)")
-    min_lr: float = key(6e-5, "final learning rate, ~learning_rate/10 (Chinchilla)", range="[0, inf)")
+    lr_decay_iters: int = key(0, "step where the schedule reaches min_lr (0 = max_iters)", range="[0, inf)")
+    min_lr: float = key(6e-5, "final learning rate of the main group (the others scale alike), ~learning_rate/10",
+                        range="[0, inf)")
     # system
     backend: str = key("auto", "DDP backend: 'nccl', 'gloo' or 'auto' (nccl on CUDA, gloo on CPU)",
                        choices=("auto", "nccl", "gloo"))
@@ -142,16 +164,26 @@ def resolve_batch(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine from learning_rate down to min_lr at lr_decay_iters, then min_lr."""
+    """The main group's learning rate at step: linear warmup, then down to min_lr at lr_decay_iters (default
+    max_iters), then min_lr. cosine: a half cosine; wsd: learning_rate, then a straight line over the last
+    cooldown_frac of the schedule (warmup-stable-decay, Hu et al. 2024; modded-nanogpt and nanochat)."""
     if not cfg.decay_lr:
         return cfg.learning_rate
     if step < cfg.warmup_iters:
         return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if cfg.lr_schedule == "wsd":
+        cooldown = max(1, round(cfg.cooldown_frac * decay_iters))
+        done = (step - (decay_iters - cooldown)) / cooldown  # <= 0 before the cooldown, 1 at its end
+        return cfg.learning_rate - min(1.0, max(0.0, done)) * (cfg.learning_rate - cfg.min_lr)
     if step >= decay_iters:
         return cfg.min_lr
     ratio = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+SCHEDULE_KEYS = ("learning_rate", "min_lr", "max_iters", "decay_lr", "lr_schedule", "warmup_iters", "lr_decay_iters",
+                 "cooldown_frac")
 
 
 @dataclass
@@ -234,10 +266,14 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
     if model.config.block_size < cfg.block_size:
         raise ConfigError(f"block_size={cfg.block_size} exceeds the model's {model.config.block_size}")
     model.to(env.device).train()
-    counts = model.num_params()
-    env.print0(f"model: {counts['total'] / 1e6:.2f}M parameters = {counts['wte'] / 1e6:.2f}M token embedding "
-               f"(shared with the output head) + {counts['wpe'] / 1e6:.2f}M position embedding + "
-               f"{counts['blocks'] / 1e6:.2f}M in the blocks")
+    counts, c = model.num_params(), model.config
+    parts = [f"{counts['wte'] / 1e6:.2f}M token embedding" + (" (shared with the output head)" if c.tie_embeddings else ""),
+             *([f"{counts['lm_head'] / 1e6:.2f}M output head"] if counts["lm_head"] else []),
+             *([f"{counts['wpe'] / 1e6:.2f}M position embedding"] if counts["wpe"] else []),
+             f"{counts['blocks'] / 1e6:.2f}M in the blocks"]
+    env.print0(f"model: {counts['total'] / 1e6:.2f}M parameters = " + " + ".join(parts))
+    env.print0(f"model: positions {c.pos_emb}, {c.norm}, qk_norm {c.qk_norm}, mlp {c.mlp}, tied head "
+               f"{c.tie_embeddings}, logit softcap {c.logit_softcap or 'off'}, bias {c.bias}")
     return model
 
 
@@ -252,11 +288,14 @@ def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val
     check_token_ids(train_loader.windows.shards, vocab, "train", sample_tokens=1 << 18)
 
 
-def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple[torch.optim.Optimizer, object]:
-    """(optimizer, GradScaler: active only for float16)."""
-    optimizer, kind = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    env.print0(f"optimizer: AdamW ({kind})")
-    return optimizer, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
+def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple[torch.optim.Optimizer, list[float], object]:
+    """(optimizer, each param group's peak learning rate, GradScaler: active only for float16)."""
+    settings = OptimizerSettings(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                 cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum)
+    optimizer, lines = make_optimizer(model, settings)
+    env.print0(f"optimizer: {cfg.optimizer}, peak learning rates per group:\n  " + "\n  ".join(lines))
+    peak_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume overwrites them
+    return optimizer, peak_lrs, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
 
 
 def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, loader: TrainLoader) -> LoopState:
@@ -267,15 +306,20 @@ def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, lo
             torch.manual_seed(cfg.seed + env.rank)  # different dropout masks per rank
         return LoopState(loader=loader.state_dict())
     check_resumable(ckpt, os.path.join(cfg.out_dir, LATEST))
+    saved_optimizer = ckpt["config"].get("optimizer", "adamw")
+    if saved_optimizer != cfg.optimizer:
+        raise ConfigError(f"the checkpoint was trained with optimizer={saved_optimizer}, this run asks for "
+                          f"optimizer={cfg.optimizer}: its optimizer state cannot carry over; resume with "
+                          f"--optimizer={saved_optimizer}, or start a new run in another --out_dir")
     state = LoopState(step=ckpt["step"], best_val_loss=ckpt["best_val_loss"], elapsed=ckpt["elapsed"],
                       wandb_id=ckpt["wandb_run_id"], loader=ckpt["loader"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
     loader.load_state_dict(ckpt["loader"])
     old = TrainConfig(**ckpt["config"])
-    if (old.lr_decay_iters or old.max_iters) != (cfg.lr_decay_iters or cfg.max_iters):
-        env.print0(f"resume: cosine schedule now ends at step {cfg.lr_decay_iters or cfg.max_iters} (was "
-                   f"{old.lr_decay_iters or old.max_iters}): lr at step {state.step} goes from "
+    if get_lr(state.step, old) != get_lr(state.step, cfg):
+        changed = [f"{k} {getattr(old, k)} -> {getattr(cfg, k)}" for k in SCHEDULE_KEYS if getattr(old, k) != getattr(cfg, k)]
+        env.print0(f"resume: the schedule changed ({', '.join(changed)}): lr at step {state.step} goes from "
                    f"{get_lr(state.step, old):.3g} to {get_lr(state.step, cfg):.3g}")
     env.print0(f"resume: from step {state.step} of {cfg.out_dir}/{LATEST}, best val loss {state.best_val_loss:.4f}")
     if state.step > cfg.max_iters:
@@ -434,7 +478,7 @@ def train(cfg: TrainConfig) -> dict:
         ckpt = checkpoint_to_resume(cfg, env)
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
         check_data_fits(raw_model, tok_record, train_loader, val_set)
-        optimizer, scaler = setup_optimizer(raw_model, cfg, env, dtype)
+        optimizer, peak_lrs, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
         log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_id,
                      {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
@@ -469,8 +513,8 @@ def train(cfg: TrainConfig) -> dict:
                 # ---- one optimizer update: accum_steps micro-batches, then clip, step
                 t_step = time.time()
                 lr = get_lr(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                for group, peak in zip(optimizer.param_groups, peak_lrs):
+                    group["lr"] = peak * lr / cfg.learning_rate  # every group follows the main group's schedule
                 loss_sum = torch.zeros((), device=env.device)
                 for micro in range(accum_steps):
                     sync = not env.ddp or micro == accum_steps - 1  # all-reduce gradients on the last micro-step only

@@ -22,6 +22,27 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
         "--compile=False", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3"]
 
 
+# The model option sets the project trains: GPT-2's, the modern recipe's, and the Qwen3-compatible one.
+OPTION_SETS = {
+    "gpt2": {},
+    "modern": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False,
+                   logit_softcap=15.0, zero_init_proj=True, bias=False),
+    "qwen3": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False,
+                  zero_init_proj=True, bias=False),
+}
+
+
+def scrambled_model(**overrides):
+    """tiny_model with every parameter redrawn at random (norm gains around 1), so that zero-initialised
+    projections and heads do not make outputs trivially equal."""
+    import torch
+    model = tiny_model(**overrides)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(mean=1.0 if "ln_" in name or "_norm" in name else 0.0, std=0.2)
+    return model
+
+
 def tiny_model(**overrides):
     """A seeded 2-layer, 32-wide GPT in eval mode (vocabulary 256, context 32) for model-level tests."""
     import torch

@@ -4,12 +4,14 @@ import math
 import pytest
 import torch
 
+from conftest import OPTION_SETS, scrambled_model
 from conftest import tiny_model as tiny
-from model import GPTConfig, KVCache, count_params
+from model import GPTConfig, KVCache, Rotary, count_params
 
 
-def test_attention_is_causal():
-    model = tiny()
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_attention_is_causal(options):
+    model = scrambled_model(**OPTION_SETS[options])
     idx = torch.randint(0, 256, (2, 16))
     changed = idx.clone()
     changed[:, 10] = (changed[:, 10] + 1) % 256
@@ -39,12 +41,13 @@ def test_overfits_one_batch():
     assert loss.item() < 0.1
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_param_count_breakdown_matches_the_parameters(bias):
-    model = tiny(bias=bias)
+@pytest.mark.parametrize("options", [{"bias": False}, *OPTION_SETS.values()])
+def test_param_count_breakdown_matches_the_parameters(options):
+    model = tiny(**options)
     counts = model.num_params()
     assert counts == count_params(model.config)
-    assert counts["total"] == counts["wte"] + counts["wpe"] + counts["blocks"]
+    assert counts["total"] == counts["wte"] + counts["wpe"] + counts["lm_head"] + counts["blocks"]
+    assert counts["total"] == sum(p.numel() for p in set(model.parameters()))
 
 
 def test_gpt2_small_is_124m():
@@ -65,8 +68,9 @@ def test_config_collects_every_problem():
         GPTConfig(n_layer=0, dropout=1.5)
 
 
-def test_kv_cache_chunks_match_full_forward():
-    model = tiny()
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_kv_cache_chunks_match_full_forward(options):
+    model = scrambled_model(**OPTION_SETS[options])
     idx = torch.randint(0, 256, (2, 20))
     full, _ = model(idx)
     cache = KVCache(model.config, 2, 20, "cpu", torch.float32)
@@ -74,12 +78,14 @@ def test_kv_cache_chunks_match_full_forward():
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_flops_per_token_match_torchs_flop_counter(bias):
-    # one forward + backward, counted by torch; attention through the math kernel, which torch can count
+@pytest.mark.parametrize("options", [{"bias": False}, *OPTION_SETS.values()])
+def test_flops_per_token_match_torchs_flop_counter(options):
+    # one forward + backward, counted by torch; attention through the math kernel, which torch can count,
+    # and the loss through the plain head (torch's counter does not see inside the chunked loss)
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
-    model = tiny(bias=bias).train()
+    model = tiny(**options).train()
+    model.chunked_loss = False
     idx = torch.randint(0, 256, (3, 32))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(idx, idx)[1].backward()
@@ -99,3 +105,73 @@ def test_init_weights_sets_every_parameter():
     assert named["transformer.h.3.mlp.c_fc.weight"].std().item() == pytest.approx(0.02, rel=0.1)
     assert torch.equal(named["transformer.h.3.ln_1.weight"], torch.ones(32))
 
+
+
+def test_rope_attention_scores_depend_only_on_relative_position():
+    rotary = Rotary(GPTConfig(block_size=64, n_embd=32, n_head=2, pos_emb="rope"))
+    q, k = torch.randn(2, 1, 1, 1, 16).unbind(0)  # (B, nh, T, hs) each
+
+    def score(m: int, n: int) -> float:
+        return (rotary(q, m) * rotary(k, n)).sum().item()
+    assert score(3, 1) == pytest.approx(score(40, 38), abs=1e-5)
+    assert score(10, 10) == pytest.approx((q * k).sum().item(), abs=1e-5)  # relative position 0: no rotation
+    assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+
+
+def test_options_that_cannot_work_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="head size must be even"):
+        GPTConfig(n_embd=36, n_head=4, pos_emb="rope")
+    with pytest.raises(ValueError, match="mlp must be one of gelu, relu2, swiglu, got 'geglu'"):
+        GPTConfig(mlp="geglu")
+    with pytest.raises(ValueError, match="logit_softcap must be 0"):
+        GPTConfig(logit_softcap=-1.0)
+
+
+def test_untied_zero_initialised_head_predicts_uniform_at_init():
+    model = tiny(**OPTION_SETS["modern"])
+    idx = torch.randint(0, 256, (2, 16))
+    _, loss = model(idx, idx)
+    assert loss.item() == pytest.approx(math.log(256), abs=1e-6)
+    assert not model.lm_head.weight.any() and not model.transformer.h[0].mlp.c_proj.weight.any()
+    assert model.transformer.wte.weight.std().item() == pytest.approx(1.0, rel=0.1)
+
+
+def test_swiglu_matches_the_gelu_mlp_in_size():
+    gelu, swiglu = count_params(GPTConfig()), count_params(GPTConfig(mlp="swiglu"))
+    assert abs(swiglu["blocks"] - gelu["blocks"]) / gelu["blocks"] < 0.01
+
+
+def loss_and_grads(model, x, y):
+    model.zero_grad()
+    _, loss = model(x, y)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_chunked_loss_equals_the_plain_loss_and_gradients(options):
+    # the modern set has a logit softcap, which the chunked path cannot apply: it falls back to the plain path
+    model = scrambled_model(**OPTION_SETS[options]).train()
+    x, y = torch.randint(0, 256, (2, 4, 32))
+    y[0, :5] = -1  # ignored positions
+    model.chunked_loss = False
+    plain_loss, plain_grads = loss_and_grads(model, x, y)
+    model.chunked_loss = True
+    chunked_loss, chunked_grads = loss_and_grads(model, x, y)
+    torch.testing.assert_close(chunked_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("options", ["gpt2", "modern"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(options):
+    model = scrambled_model(**OPTION_SETS[options], dropout=0.1).train()
+    x, y = torch.randint(0, 256, (2, 4, 32))
+    torch.manual_seed(1)
+    plain_loss, plain_grads = loss_and_grads(model, x, y)
+    model.activation_checkpointing = True
+    torch.manual_seed(1)  # same dropout masks: the recomputation replays the saved RNG state
+    ckpt_loss, ckpt_grads = loss_and_grads(model, x, y)
+    assert torch.equal(ckpt_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
