@@ -3,7 +3,7 @@
     python bench.py config/train_fineweb.py --compile=False
     python bench.py config/train_tiny.py --device=cpu
 
-Runs full optimizer steps (forward, backward, clip, AdamW) on random tokens held on the device, so
+Runs full optimizer steps (forward, backward, clip, the config's optimizer) on random tokens held on the device, so
 the number is the model's speed, not the disk's (bench the loader with data/fineweb/bench_prepare.py).
 Each step uses bench_micro_steps micro-batches of the config's batch_size x block_size.
 """
@@ -19,7 +19,7 @@ import hardware
 from configurator import ConfigError, key, parse_config
 from model import GPT
 from optimizer import make_optimizer
-from train import TrainConfig, model_config  # the training config keys, so config/*.py files read unchanged
+from train import TrainConfig, model_config, optimizer_settings  # the training config keys, so config/*.py files read unchanged
 
 
 @dataclass
@@ -35,7 +35,7 @@ def bench(cfg: BenchConfig) -> dict:
     use_compile, compile_reason = hardware.pick_compile(cfg.compile, device)
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(cfg)).to(device)
-    optimizer, kind = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    optimizer, _ = make_optimizer(model, optimizer_settings(cfg))
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
     step_model = torch.compile(model) if use_compile else model
     amp = hardware.autocast(device, dtype)
@@ -72,7 +72,7 @@ def bench(cfg: BenchConfig) -> dict:
     result = {"device": name, "dtype": dtype, "compile": use_compile, "params_M": model.num_params()["total"] / 1e6,
               "batch": f"{cfg.batch_size}x{cfg.block_size}x{cfg.bench_micro_steps}", "ms_per_step": dt * 1000,
               "tok_per_s": tokens / dt, "mfu": mfu, f"peak_{mem_kind}_gib": mem, "warmup_s": warmup_s,
-              "optimizer": kind, "threads": torch.get_num_threads()}
+              "optimizer": cfg.optimizer, "threads": torch.get_num_threads()}
     print(f"{name} | {dtype} ({dtype_reason}) | {compile_reason} | {result['params_M']:.1f}M params | "
           f"batch {result['batch']} | {dt * 1000:.1f} ms/step | {tokens / dt:,.0f} tok/s | "
           f"MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | peak {mem_kind} "

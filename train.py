@@ -135,6 +135,11 @@ def model_config(cfg: TrainConfig) -> GPTConfig:
     return GPTConfig(**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)})
 
 
+def optimizer_settings(cfg: TrainConfig) -> OptimizerSettings:
+    return OptimizerSettings(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                             cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum)
+
+
 def resolve_batch(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     """(micro-steps per rank, tokens per update), with each divisibility problem spelled out."""
     micro = cfg.batch_size * cfg.block_size  # tokens in one micro-batch of one rank
@@ -290,9 +295,7 @@ def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val
 
 def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple[torch.optim.Optimizer, list[float], object]:
     """(optimizer, each param group's peak learning rate, GradScaler: active only for float16)."""
-    settings = OptimizerSettings(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                 cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum)
-    optimizer, lines = make_optimizer(model, settings)
+    optimizer, lines = make_optimizer(model, optimizer_settings(cfg))
     env.print0(f"optimizer: {cfg.optimizer}, peak learning rates per group:\n  " + "\n  ".join(lines))
     peak_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume overwrites them
     return optimizer, peak_lrs, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
