@@ -1,11 +1,13 @@
-"""Export a trained checkpoint as a Hugging Face GPT-2 model folder.
+"""Export a trained checkpoint as a Hugging Face model folder (GPT-2, or Qwen3 for the modern option set).
 
     python export.py --out_dir=out-fineweb --hf_dir=hf-model
     python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf-model')('Hello')[0])"
 
-Writes what transformers.AutoModelForCausalLM.from_pretrained(hf_dir) loads as GPT2LMHeadModel:
-config.json and model.safetensors (the tied embedding is stored once), plus the GPT-2 tokenizer
-files when the model was trained with tiktoken's gpt2 encoding. Embedding rows added to pad the
+Writes what transformers.AutoModelForCausalLM.from_pretrained(hf_dir) loads: GPT2LMHeadModel for
+GPT-2's option set, Qwen3ForCausalLM for rope + rmsnorm + qk_norm + swiglu without biases or softcap
+(other option sets are refused, naming the options): config.json and model.safetensors (a tied
+embedding is stored once), plus the GPT-2 tokenizer files when the model was trained with tiktoken's
+gpt2 encoding. Embedding rows added to pad the
 vocabulary (50304) are dropped so the model's vocabulary matches the tokenizer's (50257).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import tokenizer
 from checkpoint import CheckpointError, load_model, resolve
 from configurator import cli, key
-from hf_interop import to_hf_model, write_gpt2_tokenizer
+from hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
 
 
 @dataclass
@@ -60,6 +62,10 @@ def check_target(hf_dir: str, overwrite: bool) -> None:
 def export(cfg: ExportConfig) -> str:
     check_target(cfg.hf_dir, cfg.overwrite)
     model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
+    try:
+        arch = hf_architecture(model.config)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     tok_record = tokenizer.describe(ckpt.get("tokenizer"))
     vocab = min(tok_record["vocab_size"], model.config.vocab_size)
     parent = os.path.dirname(os.path.abspath(cfg.hf_dir))
@@ -87,7 +93,7 @@ def export(cfg: ExportConfig) -> str:
                           f"{str(e).strip().splitlines()[-1][:200]}); is the disk full or the folder read-only?") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"wrote {cfg.hf_dir}: GPT2LMHeadModel, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "
+    print(f"wrote {cfg.hf_dir}: {arch}, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "
           f"from step {ckpt.get('step')} of {cfg.out_dir}")
     return cfg.hf_dir
 

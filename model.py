@@ -110,10 +110,19 @@ def count_params(config: GPTConfig) -> dict[str, int]:
         return GPT(config).num_params()
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in fp32 and returned in the input's dtype (as Llama and Qwen3 do): under autocast
+    the queries and keys arrive in bf16 while the gain is fp32, which torch's fused kernel refuses."""
+
+    def __init__(self, size: int):
+        super().__init__(size, eps=1e-6)  # 1e-6 as Llama and Qwen3, so the exported model computes the same
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight, self.eps).to(x.dtype)
+
+
 def make_norm(config: GPTConfig, size: int) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return nn.RMSNorm(size, eps=1e-6)  # 1e-6 as Llama and Qwen3, so the exported model computes the same
-    return nn.LayerNorm(size, bias=config.bias)
+    return RMSNorm(size) if config.norm == "rmsnorm" else nn.LayerNorm(size, bias=config.bias)
 
 
 class Rotary(nn.Module):
@@ -150,8 +159,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-        self.q_norm = nn.RMSNorm(config.head_size, eps=1e-6) if config.qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(config.head_size, eps=1e-6) if config.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
         self.rotary = Rotary(config) if config.pos_emb == "rope" else NoRotary()
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:

@@ -2,12 +2,14 @@
 import pytest
 import torch
 
+from conftest import OPTION_SETS, scrambled_model
 from conftest import tiny_model as tiny
 from generation import generate, sample_next
 
 
-def test_greedy_with_cache_equals_without():
-    model = tiny()
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_greedy_with_cache_equals_without(options):
+    model = scrambled_model(**OPTION_SETS[options])
     idx = torch.randint(0, 256, (3, 5))
     with_cache = torch.cat(list(generate(model, idx, 25, temperature=0)), 1)
     without = torch.cat(list(generate(model, idx, 25, temperature=0, use_cache=False)), 1)

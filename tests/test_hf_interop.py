@@ -39,3 +39,28 @@ def test_gpt2_offline_failure_is_clear(monkeypatch):
     monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", offline)
     with pytest.raises(ValueError, match="could not load gpt2 .* check your connection"):
         from_pretrained("gpt2")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("options", ["gpt2", "qwen3"])
+def test_export_computes_our_logits(options, tied):
+    # padded vocabulary (320 rows) exported as the tokenizer's 300; random weights everywhere
+    pytest.importorskip("transformers", reason="transformers is needed for the export parity tests")
+    from conftest import OPTION_SETS, scrambled_model
+    from hf_interop import hf_architecture, to_hf_model
+    model = scrambled_model(**{**OPTION_SETS[options], "tie_embeddings": tied}, vocab_size=320)
+    hf = to_hf_model(model, vocab_size=300)
+    assert type(hf).__name__ == hf_architecture(model.config) == {"gpt2": "GPT2LMHeadModel",
+                                                                   "qwen3": "Qwen3ForCausalLM"}[options]
+    idx = torch.randint(0, 300, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0][..., :300], atol=1e-5, rtol=1e-5)
+
+
+def test_an_option_set_no_architecture_computes_is_refused_by_name():
+    from conftest import OPTION_SETS
+    from hf_interop import hf_architecture
+    from model import GPTConfig
+    with pytest.raises(ValueError, match=r"Qwen3ForCausalLM differs in mlp='relu2' \(needs 'swiglu'\), "
+                                         r"logit_softcap=15.0 \(needs 0.0\)"):
+        hf_architecture(GPTConfig(**OPTION_SETS["modern"]))

@@ -120,3 +120,16 @@ def test_init_from_gpt2_in_sample_and_train(fake_gpt2_hub, shards, tiktoken_cach
     result = train.train(parse_config(train.TrainConfig, [*TINY, f"--data_dir={shards}", f"--out_dir={tmp_path / 'ft'}",
                                                           "--init_from=gpt2-medium", "--max_iters=2"]))
     assert asked == ["gpt2", "gpt2-medium"] and result["step"] == 2
+
+
+def test_export_refuses_an_option_set_transformers_cannot_compute(tmp_path):
+    from dataclasses import asdict
+
+    from checkpoint import save_checkpoint
+    from conftest import OPTION_SETS, tiny_model
+    from export import ExportConfig, ExportError, export
+    model = tiny_model(**OPTION_SETS["modern"])
+    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config)}, str(tmp_path / "ckpt.pt"))
+    with pytest.raises(ExportError, match="cannot be exported: .*mlp='relu2'"):
+        export(ExportConfig(out_dir=str(tmp_path), hf_dir=str(tmp_path / "hf")))
+    assert not (tmp_path / "hf").exists()
