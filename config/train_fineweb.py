@@ -1,13 +1,19 @@
-# GPT-2 small (124M) on FineWeb, sized for one 12 GB GPU (RTX 4070) and scaling to 8 GPUs unchanged.
-#   model: 12 layers, 12 heads, n_embd 768, context 1024: 124.5M parameters
-#          (38.6M token embedding shared with the output head, 0.8M positions, 85.1M in the blocks)
+# GPT-2 small's shape on FineWeb with the modern recipe: the first run on one 12 GB GPU (RTX 4070),
+# scaling to 8 GPUs unchanged. Rotary positions, RMSNorm, QK-norm, ReLU² MLP, untied output head,
+# zero-initialised residual projections, no biases; Muon for the block matrices and AdamW for the rest;
+# warmup, constant learning rate, then a linear cooldown (WSD). docs/benchmarks.md has the CPU
+# comparison with config/train_gpt2.py (GPT-2's own recipe) behind this choice.
+#   model: 12 layers, 12 heads, n_embd 768, context 1024: 162.2M parameters
+#          (38.6M token embedding + 38.6M output head + 85.0M in the blocks; the untied head adds
+#          parameters, not compute: FLOPs per token equal GPT-2 124M's)
 #   batch: 524,288 tokens per update = 8 sequences x 1024 tokens x 64 micro-steps on one GPU
 #          (x 8 micro-steps per GPU under torchrun with 8 GPUs: same global batch, same curve)
-#   memory: an estimate, not yet measured on a GPU: ~2.0 GB for weights, grads and AdamW (16 bytes/param),
-#          ~2.6 GB of activations (34*B*T*C bytes per layer, Korthikanti et al. 2022, flash attention),
-#          ~4.1 GB for the logits and loss (B*T*vocab*10 bytes): about 9 GB at batch_size=8.
+#   memory: an estimate, not yet measured on a GPU: ~2.3 GB for weights, gradients and optimizer state
+#          (fp32 weights and grads, AdamW's two moments for the embedding and head, Muon's one for the
+#          blocks), ~2.6 GB of activations (34*B*T*C bytes per layer, Korthikanti et al. 2022), ~0.6 GB
+#          for the loss (1,024-row chunks of fp32 logits): about 5.5 GB at batch_size=8.
 #          Out of memory? Lower batch_size; the accumulation steps follow from total_batch_size.
-#   tokens: 12,000 updates = 6.3B tokens; python bench.py config/train_fineweb.py measures your speed.
+#   tokens: 5,000 updates = 2.6B tokens; python bench.py config/train_fineweb.py measures your speed.
 out_dir = "out-fineweb"
 dataset = "fineweb"
 eval_interval = 500
@@ -22,9 +28,25 @@ n_layer = 12
 n_head = 12
 n_embd = 768
 dropout = 0.0
+pos_emb = "rope"
+norm = "rmsnorm"
+qk_norm = True
+mlp = "relu2"
+tie_embeddings = False
+logit_softcap = 0.0      # a softcap needs the full logits; it did not pay for its time at the measured scale
+zero_init_proj = True
+bias = False
 
-learning_rate = 6e-4
-max_iters = 12000
-warmup_iters = 700
-min_lr = 6e-5
-weight_decay = 0.1
+optimizer = "muon"
+learning_rate = 0.02     # Muon, the block matrices (nanochat's; per-matrix shape scaling is Muon's own)
+embedding_lr = 0.3       # AdamW rates, stated at n_embd=768 and scaled by sqrt(768/n_embd)
+head_lr = 0.004
+scalar_lr = 0.02
+weight_decay = 0.0
+beta1 = 0.8
+beta2 = 0.95
+lr_schedule = "wsd"
+cooldown_frac = 0.4
+warmup_iters = 100
+max_iters = 5000
+min_lr = 0.0
