@@ -139,7 +139,7 @@ def qwen3_model(model: GPT, vocab_size: int, eot_id: int):
                             head_dim=c.head_size, hidden_act="silu", max_position_embeddings=c.block_size,
                             rms_norm_eps=1e-6, tie_word_embeddings=c.tie_embeddings, attention_bias=False,
                             attention_dropout=0.0, use_sliding_window=False, bos_token_id=eot_id, eos_token_id=eot_id,
-                            rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+                            rope_theta=c.rope_theta,
                             architectures=["Qwen3ForCausalLM"])
     hf = Qwen3ForCausalLM(hf_config)
     ours, target = qwen3_state_dict(model, vocab_size), hf.state_dict()

@@ -48,7 +48,8 @@ def test_export_computes_our_logits(options, tied):
     pytest.importorskip("transformers", reason="transformers is needed for the export parity tests")
     from conftest import OPTION_SETS, scrambled_model
     from hf_interop import hf_architecture, to_hf_model
-    model = scrambled_model(**{**OPTION_SETS[options], "tie_embeddings": tied}, vocab_size=320)
+    extra = {"rope_theta": 5e5} if options == "qwen3" else {}  # a base other than the default reaches the config
+    model = scrambled_model(**{**OPTION_SETS[options], "tie_embeddings": tied, **extra}, vocab_size=320)
     hf = to_hf_model(model, vocab_size=300)
     assert type(hf).__name__ == hf_architecture(model.config) == {"gpt2": "GPT2LMHeadModel",
                                                                    "qwen3": "Qwen3ForCausalLM"}[options]
