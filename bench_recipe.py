@@ -1,0 +1,244 @@
+"""GPT-2's recipe against the modern one, on the same data, model shape and token budget.
+
+    python bench_recipe.py --data_dir=data/fineweb
+    python bench_recipe.py --data_dir=data/fineweb --n_layer=4 --n_embd=256 --block_size=256 --max_iters=100
+
+Trains every recipe at each of its learning rates with train.py's own loop, then prints, per recipe, the
+learning rate chosen, the val loss at equal tokens and the tokens it needed to reach the tuned GPT-2
+recipe's final val loss; and the time per training step of each recipe, measured with their steps
+interleaved so that both see the same machine load.
+
+The val split is cut in two: learning rates are chosen on the first half ("select"), every reported
+loss is measured on the second ("report"), so the reported numbers were not tuned on.
+Results go to out_dir/results.json; each run's metrics.jsonl lies in out_dir/<recipe>-lr<lr>/
+(python plot.py draws them).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+import hardware
+from atomic import atomic_write, write_json
+from checkpoint import load_model
+from configurator import ConfigError, key, parse_config
+from dataloader import ValSet, find_shards, header_for, open_shard
+from model import GPT
+from optimizer import make_optimizer
+from train import TrainConfig, model_config, optimizer_settings, train
+
+# Each recipe's keys; the learning rate (of the block matrices) is swept. The modern recipe leaves the logit
+# softcap off: it needs the full logits (the chunked loss cannot apply it), which cost 2.4x the step time
+# at 4 layers x 256 on CPU; "softcap" measures what it would buy. "qwen3" is the option set that exports to
+# transformers' Qwen3 (SwiGLU in place of ReLU squared).
+MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, logit_softcap=0.0,
+              zero_init_proj=True, bias=False, optimizer="muon", lr_schedule="wsd", cooldown_frac=0.4,
+              weight_decay=0.0, beta1=0.8, beta2=0.95)
+RECIPES = {
+    "gpt2": dict(optimizer="adamw", lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95),
+    "modern": MODERN,
+    "softcap": {**MODERN, "logit_softcap": 15.0},
+    "qwen3": {**MODERN, "mlp": "swiglu"},
+}
+
+
+@dataclass
+class RecipeBenchConfig:
+    data_dir: str = key("data/fineweb", "prepared shards; the val split is cut into a select half and a report half")
+    out_dir: str = key("bench-recipe", "run directories and results.json")
+    n_layer: int = key(4, "transformer blocks", range="[1, inf)")
+    n_head: int = key(4, "attention heads", range="[1, inf)")
+    n_embd: int = key(256, "embedding width", range="[1, inf)")
+    block_size: int = key(256, "context length", range="[1, inf)")
+    batch_size: int = key(16, "sequences per step (tokens per step = batch_size * block_size)", range="[1, inf)")
+    max_iters: int = key(100, "steps per run (the token budget)", range="[1, inf)")
+    warmup_iters: int = key(10, "warmup steps of every recipe", range="[0, inf)")
+    eval_interval: int = key(10, "evaluate on the report half every this many steps", range="[1, inf)")
+    eval_iters: int = key(4, "batches per evaluation, on each half", range="[1, inf)")
+    gpt2_lrs: str = key("2e-3,4e-3,8e-3", "AdamW learning rates tried for the GPT-2 recipe")
+    modern_lrs: str = key("0.02,0.04", "Muon learning rates tried for the modern recipe")
+    variant_lrs: str = key("", "Muon learning rates of the softcap and qwen3 variants ('' = the modern recipe's choice)")
+    train_runs: bool = key(True, "train and compare the recipes; False = only time their steps")
+    reuse: bool = key(False, "keep runs of out_dir that finished with the same config instead of training them again")
+    timing_steps: int = key(10, "interleaved timed steps per recipe for the time-per-step ratio (0 = skip)",
+                            range="[0, inf)")
+    device: str = key("cpu", "device to train on")
+    dtype: str = key("bfloat16", "autocast dtype", choices=hardware.DTYPES)
+    seed: int = key(1337, "seed of every run (same initial data order)", range="[0, inf)")
+
+
+def split_val(data_dir: str, work_dir: str) -> dict[str, str]:
+    """Two data folders sharing the train shards, each with half of the val tokens: {'select': ..., 'report': ...}."""
+    val = np.concatenate([np.asarray(open_shard(p)) for p in find_shards(data_dir, "val")])
+    half = len(val) // 2
+    folders = {}
+    for name, tokens in (("select", val[:half]), ("report", val[half:])):
+        folder = os.path.join(work_dir, f"data-{name}")
+        os.makedirs(folder, exist_ok=True)
+        with atomic_write(os.path.join(folder, "bench_val_000000.bin"), "wb") as f:
+            f.write(header_for(tokens.dtype, len(tokens)).tobytes())
+            f.write(tokens.tobytes())
+        for path in find_shards(data_dir, "train") + [os.path.join(data_dir, "meta.json")]:
+            link = os.path.join(folder, os.path.basename(path))
+            if os.path.exists(path) and not os.path.lexists(link):
+                os.symlink(os.path.abspath(path), link)
+        folders[name] = folder
+    return folders
+
+
+def run_config(b: RecipeBenchConfig, recipe: str, lr: float, data_dir: str, out_dir: str) -> TrainConfig:
+    min_lr = 0.0 if RECIPES[recipe]["lr_schedule"] == "wsd" else lr / 10  # WSD cools down to zero
+    return TrainConfig(out_dir=out_dir, data_dir=data_dir, n_layer=b.n_layer, n_head=b.n_head, n_embd=b.n_embd,
+                       block_size=b.block_size, batch_size=b.batch_size, gradient_accumulation_steps=1,
+                       max_iters=b.max_iters, warmup_iters=b.warmup_iters, eval_interval=b.eval_interval,
+                       eval_iters=b.eval_iters, log_interval=1, learning_rate=lr, min_lr=min_lr, device=b.device,
+                       dtype=b.dtype, compile=False, seed=b.seed, always_save_checkpoint=False,
+                       **RECIPES[recipe])
+
+
+@torch.no_grad()
+def val_loss(model: GPT, val_set: ValSet, amp) -> float:
+    model.eval()
+    losses = []
+    for x, y in val_set.batches():
+        with amp:
+            losses.append(model(x, y)[1].item())
+    return sum(losses) / len(losses)
+
+
+def train_run(b: RecipeBenchConfig, recipe: str, lr: float, data: dict[str, str]) -> dict:
+    """Train one recipe at one learning rate; its report-half curve and its final select-half loss."""
+    out_dir = os.path.join(b.out_dir, f"{recipe}-lr{lr:g}")
+    cfg = run_config(b, recipe, lr, data["report"], out_dir)
+    t = time.time()
+    if not (b.reuse and finished(out_dir, cfg)):
+        shutil.rmtree(out_dir, ignore_errors=True)  # a rerun starts over
+        with open(os.path.join(b.out_dir, f"{recipe}-lr{lr:g}.log"), "w") as log, contextlib.redirect_stdout(log):
+            train(cfg)
+    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    select = ValSet(data["select"], b.batch_size, b.block_size, b.eval_iters)
+    amp = hardware.autocast(b.device, hardware.pick_dtype(b.dtype, b.device)[0])
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    curve = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
+    result = {"recipe": recipe, "lr": lr, "select_loss": val_loss(model.to(b.device), select, amp),
+              "final_loss": curve[-1][1], "curve": curve, "wall_s": time.time() - t}
+    print(f"{recipe:7s} lr {lr:<8g} select {result['select_loss']:.4f} | report {result['final_loss']:.4f} "
+          f"| {result['wall_s']:.0f} s", flush=True)
+    return result
+
+
+def finished(out_dir: str, cfg: TrainConfig) -> bool:
+    """A run of exactly this config that reached its last step (its checkpoint says so)."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        return False
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["step"] == cfg.max_iters and ckpt["config"] == asdict(cfg)
+
+
+def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
+    """Tokens at which the curve first reaches target, interpolated linearly between evaluations."""
+    for (t0, l0), (t1, l1) in zip(curve, curve[1:]):
+        if l1 <= target:
+            return t0 + (t1 - t0) * (l0 - target) / (l0 - l1) if l0 > target else t0
+    return None
+
+
+def time_steps(b: RecipeBenchConfig, chosen: dict[str, dict]) -> dict[str, float]:
+    """Median ms per training step of each recipe, one step of each in turn (same load for all)."""
+    device, (dtype, _) = b.device, hardware.pick_dtype(b.dtype, b.device)
+    amp = hardware.autocast(device, dtype)
+    steppers = {}
+    for recipe, result in chosen.items():
+        cfg = run_config(b, recipe, result["lr"], "", "")
+        torch.manual_seed(b.seed)
+        model = GPT(model_config(cfg)).to(device).train()
+        optimizer, _ = make_optimizer(model, optimizer_settings(cfg))
+        steppers[recipe] = (model, optimizer)
+    x = torch.randint(0, 50257, (b.batch_size, b.block_size + 1), device=device)
+
+    def step(model, optimizer):
+        with amp:
+            _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        hardware.synchronize(device)
+
+    times = {recipe: [] for recipe in steppers}
+    for i in range(b.timing_steps + 2):  # two untimed warm-up rounds
+        for recipe, (model, optimizer) in steppers.items():
+            t = time.perf_counter()
+            step(model, optimizer)
+            if i >= 2:
+                times[recipe].append((time.perf_counter() - t) * 1000)
+    return {recipe: statistics.median(ts) for recipe, ts in times.items()}
+
+
+def parse_lrs(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"learning rates must be comma-separated numbers, got {text!r}") from None
+
+
+def time_only(b: RecipeBenchConfig) -> dict[str, float]:
+    ms = time_steps(b, {recipe: {"lr": 0.01} for recipe in RECIPES})  # the learning rate does not change the time
+    for recipe, t in ms.items():
+        print(f"{recipe:8s} {t:7.0f} ms/step  {t / ms['gpt2']:.2f}x GPT-2's", flush=True)
+    return ms
+
+
+def main(b: RecipeBenchConfig) -> dict:
+    if not b.train_runs:
+        return time_only(b)
+    os.makedirs(b.out_dir, exist_ok=True)
+    data = split_val(b.data_dir, b.out_dir)
+    tokens_per_step = b.batch_size * b.block_size
+    print(f"{b.n_layer} layers x {b.n_embd} wide, context {b.block_size}, {tokens_per_step:,} tokens/step, "
+          f"{b.max_iters} steps = {b.max_iters * tokens_per_step:,} tokens per run, {b.dtype} on {b.device}", flush=True)
+    runs = [train_run(b, "modern", lr, data) for lr in parse_lrs(b.modern_lrs)]
+    runs += [train_run(b, "gpt2", lr, data) for lr in parse_lrs(b.gpt2_lrs)]
+    best = lambda recipe: min((r for r in runs if r["recipe"] == recipe), key=lambda r: r["select_loss"])  # noqa: E731
+    for variant in ("softcap", "qwen3"):
+        runs += [train_run(b, variant, lr, data) for lr in parse_lrs(b.variant_lrs) or [best("modern")["lr"]]]
+    chosen = {recipe: best(recipe) for recipe in RECIPES}
+    target = chosen["gpt2"]["final_loss"]
+    gpt2_tokens = tokens_to_reach(chosen["gpt2"]["curve"], target)
+    ms = time_steps(b, chosen) if b.timing_steps else {}
+    print(f"\nchosen on the select half; losses on the report half; target = GPT-2 recipe's final val {target:.4f}")
+    print("| recipe | lr | val loss at end | tokens to reach target | vs GPT-2 | ms/step | vs GPT-2 |")
+    print("|---|---|---|---|---|---|---|")
+    for recipe, r in chosen.items():
+        reach = tokens_to_reach(r["curve"], target)
+        r["tokens_to_target"], r["ms_per_step"] = reach, ms.get(recipe)
+        reach_text = f"{reach:,.0f} | {reach / gpt2_tokens:.2f}x" if reach is not None else "not reached | -"
+        time_text = f"{ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x" if ms else "- | -"
+        print(f"| {recipe} | {r['lr']:g} | {r['final_loss']:.4f} | {reach_text} | {time_text} |")
+    print("\nval loss (report half) against tokens:")
+    steps = [t for t, _ in chosen["gpt2"]["curve"]]
+    print("tokens   " + " ".join(f"{recipe:>8s}" for recipe in chosen))
+    for i, tokens in enumerate(steps):
+        print(f"{tokens:<8,d} " + " ".join(f"{r['curve'][i][1]:8.4f}" for r in chosen.values()))
+    results = {"config": asdict(b), "runs": runs, "chosen": {k: v["lr"] for k, v in chosen.items()},
+               "target": target, "ms_per_step": ms, "threads": torch.get_num_threads()}
+    write_json(os.path.join(b.out_dir, "results.json"), results)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_config(RecipeBenchConfig, sys.argv[1:], "bench_recipe.py"))
+    except (ConfigError, ValueError) as e:
+        sys.exit(f"bench_recipe.py: error: {e}")
