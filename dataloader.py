@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -116,6 +117,11 @@ def check_token_ids(shards: list[np.memmap], vocab_size: int, split: str, sample
                 f"run can use --vocab_size={-(-(highest + 1) // 64) * 64} (the next multiple of 64); a resumed or "
                 f"GPT-2-initialised model keeps its vocabulary and needs shards tokenized for it (prepare.py "
                 f"records its tokenizer in meta.json)")
+
+
+def shard_bytes(shard: np.ndarray, lengths: np.ndarray, chunk: int = 1 << 22) -> int:
+    """Sum of lengths[token] over a shard, a chunk at a time (memory stays bounded for a large shard)."""
+    return sum(int(lengths[shard[a:a + chunk]].sum()) for a in range(0, len(shard), chunk))
 
 
 def to_device(x: np.ndarray, device: str) -> torch.Tensor:
@@ -228,6 +234,51 @@ class ValSet:
                 f"({needed * block_size:,} tokens) but the val split has {n_tok:,} tokens "
                 f"({self.windows.total} windows); {fix}, or prepare a larger val split (prepare.py --val_tokens)")
         self.B, self.num_batches, self.device = batch_size, num_batches, device
+        self.paths = find_shards(data_dir, "val")
+        self.text_bytes: int | None = None  # UTF-8 bytes of the text the evaluated targets encode (count_text_bytes)
+
+    @property
+    def num_tokens(self) -> int:
+        """Target tokens one evaluation predicts (over all ranks)."""
+        return self.num_batches * self.B * self.windows.block_size
+
+    def targets(self) -> np.ndarray:
+        """The tokens one evaluation predicts: (num_batches*batch_size, block_size), the same every eval."""
+        return self.windows.gather(np.arange(self.num_batches * self.B))[:, 1:]
+
+    def count_text_bytes(self, meta: dict) -> str:
+        """Set text_bytes, the bytes of exactly the evaluated target tokens, for bits per byte; return a
+        line for the log. Exact: the sum of each target token's byte length under the shards' tokenizer.
+        meta.json names that tokenizer and records each val shard's text bytes, against which the token
+        lengths are checked over the whole shard (a wrong tokenizer record would not add up). Shards
+        without those records (llm.c's) leave text_bytes None: bits per byte n/a, never a guess."""
+        from tokenizer import TokenizerError, describe, token_byte_lengths
+        recorded = {s["file"]: s.get("text_bytes") for s in meta.get("shards", []) if s.get("split") == "val"}
+        names = [os.path.basename(p) for p in self.paths]
+        if not meta:
+            return "val bits per byte: n/a (no meta.json beside the shards, so their text's bytes are unknown)"
+        if any(recorded.get(n) is None for n in names):
+            return ("val bits per byte: n/a (meta.json records no text bytes for the val shards; "
+                    "prepare.py records them since bits per byte was added: re-run it with --overwrite)")
+        name = describe(meta)["name"]
+        try:
+            lengths = token_byte_lengths(name)
+        except TokenizerError as e:
+            return f"val bits per byte: n/a ({e})"
+        for shard, n in zip(self.windows.shards, names):
+            if int(shard.max(initial=0)) >= len(lengths) or shard_bytes(shard, lengths) != recorded[n]:
+                return (f"val bits per byte: n/a ({n}'s tokens do not decode to the {recorded[n]:,} text bytes "
+                        f"meta.json records under the {name} tokenizer)")
+        self.text_bytes = int(lengths[self.targets()].sum())
+        return (f"val: {self.num_tokens:,} tokens per eval encode {self.text_bytes:,} bytes of text "
+                f"({self.text_bytes / self.num_tokens:.2f} bytes/token)")
+
+    def bits_per_byte(self, loss: float) -> float | None:
+        """Mean val loss (nats/token) as bits per UTF-8 byte of the same text: total nats / ln 2 / bytes.
+        The end-of-text predictions' loss is charged to the document text (they count 0 bytes)."""
+        if not self.text_bytes:
+            return None
+        return loss * self.num_tokens / self.text_bytes / math.log(2)
 
     def batches(self, rank: int = 0, world_size: int = 1):
         for b in range(rank, self.num_batches, world_size):

@@ -6,6 +6,8 @@ GPT-2 tokens, so GPT-2 is the default everywhere.
 """
 from __future__ import annotations
 
+import numpy as np
+
 GPT2 = {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256}
 
 # tiktoken's own download locations of the GPT-2 BPE files; tiktoken caches them (TIKTOKEN_CACHE_DIR)
@@ -38,6 +40,25 @@ def load_encoding(name: str):
         raise TokenizerError(f"unknown tokenizer {name!r}: {e}") from None
     except Exception as e:  # the BPE file could not be downloaded or read
         raise TokenizerError(f"could not load the tokenizer {name!r} ({type(e).__name__}: {e}); {OFFLINE_HINT}") from None
+
+
+def token_byte_lengths(name: str) -> np.ndarray:
+    """UTF-8 bytes of every token id of tiktoken's encoding `name`: (n_vocab,) int64.
+
+    Byte-level BPE tokens concatenate to exactly the bytes of the text they encode, so summing these
+    over a run of tokens counts that text's bytes (for bits per byte). Special tokens (GPT-2's
+    <|endoftext|>) count 0: prepare.py appends one after every document, it stands for no text.
+    """
+    enc = load_encoding(name)
+    special = {enc.encode_single_token(s) for s in enc.special_tokens_set}
+    lengths = np.zeros(enc.n_vocab, dtype=np.int64)
+    for i in range(enc.n_vocab):
+        if i not in special:
+            try:
+                lengths[i] = len(enc.decode_single_token_bytes(i))
+            except KeyError:  # an unused id inside the vocabulary's range: no text
+                pass
+    return lengths
 
 
 def gpt2_bpe_files() -> dict[str, bytes]:

@@ -54,6 +54,9 @@ def test_round_trip_gives_back_every_document_in_order(tiktoken_cache, parquet_f
     assert meta["shards"][0]["docs"] == 20 and meta["docs"] == len(original)
     assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"]) == ("gpt2", 50257, 50256, "uint16")
     assert [s["docs"] for s in meta["sources"]] == [100, 100, 100]
+    # each shard's text bytes (train.py's bits per byte is checked against them): the val shard's 20 documents
+    assert meta["shards"][0]["text_bytes"] == sum(len(t.encode("utf-8")) for t in original[:20])
+    assert sum(s["text_bytes"] for s in meta["shards"]) == sum(len(t.encode("utf-8")) for t in original)
     for s in meta["shards"]:
         assert read_header(os.path.join(tmp_path, s["file"]))[1] == s["tokens"]
 

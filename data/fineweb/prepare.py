@@ -78,12 +78,13 @@ class ShardWriter:
         self.name = f"{self.prefix}_{split}_{index:06d}.bin"
         self.file = AtomicFile(os.path.join(self.out_dir, self.name))
         self.file.file.write(header_for(self.dtype, 0).tobytes())  # placeholder until the count is known
-        self.tokens = self.docs = 0
+        self.tokens = self.docs = self.text_bytes = 0
 
-    def write(self, tokens: np.ndarray, docs: int) -> None:
+    def write(self, tokens: np.ndarray, docs: int, text_bytes: int) -> None:
         self.file.file.write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
         self.tokens += len(tokens)
         self.docs += docs
+        self.text_bytes += text_bytes
 
     def close(self) -> dict:
         """Finish the shard: real header, then publish it under its final name. Returns its manifest entry."""
@@ -91,7 +92,8 @@ class ShardWriter:
         self.file.file.write(header_for(self.dtype, self.tokens).tobytes())
         self.file.commit()
         self.file = None
-        return {"file": self.name, "tokens": self.tokens, "docs": self.docs}
+        # text_bytes: UTF-8 bytes of the documents' text (train.py's bits per byte is checked against it)
+        return {"file": self.name, "tokens": self.tokens, "docs": self.docs, "text_bytes": self.text_bytes}
 
     def abort(self) -> None:
         if self.file is not None:
@@ -282,7 +284,7 @@ class Prepare:
         """
         cfg = self.cfg
         lengths = lengths.tolist()
-        start = end = pending = k = 0  # flat[start:end] holds `pending` documents not yet written
+        start = end = pending = pending_bytes = k = 0  # flat[start:end] holds `pending` documents not yet written
         per_source = state["source_docs"]
         for j, text in enumerate(texts):
             if not text:
@@ -296,13 +298,14 @@ class Prepare:
             tokens, docs = writer.tokens + end - start, writer.docs + pending
             val_full = state["split"] == "val" and (docs >= cfg.val_docs if cfg.val_docs > 0 else tokens >= cfg.val_tokens)
             if tokens and (val_full or tokens + n > cfg.shard_size):
-                writer.write(flat[start:end], pending)
-                start, pending = end, 0
+                writer.write(flat[start:end], pending, pending_bytes)
+                start, pending, pending_bytes = end, 0, 0
                 self._next_shard(state, writer, val_full, (si, row + j))
             end += n
             pending += 1
+            pending_bytes += len(text.encode("utf-8", "surrogatepass"))
             per_source[str(si)] = per_source.get(str(si), 0) + 1
-        writer.write(flat[start:end], pending)
+        writer.write(flat[start:end], pending, pending_bytes)
 
     def _next_shard(self, state: dict, writer: ShardWriter, val_full: bool, cursor: tuple[int, int]) -> None:
         """Finish the current shard, save the resume state pointing at `cursor`, open the next shard."""
