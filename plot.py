@@ -1,0 +1,217 @@
+"""Plot training runs: train and val loss against tokens seen, with reference points where they apply.
+
+    python plot.py out-fineweb                                   # -> loss.png
+    python plot.py out-a out-b/metrics.jsonl --out=compare.png --log_tokens
+
+Each run is an out_dir (or its metrics.jsonl); one colour per run, labelled with its name and recipe
+from the out_dir's config.json. Tokens on the x axis so runs with different batch sizes line up; the
+top axis shows steps when every run has the same tokens per step. A run still in progress plots what
+it has logged so far. Reference losses come from docs/reference_curves.json (each entry names its
+source) and are drawn only for runs on the tokenizer (and data) they were measured on: a loss in nats
+per token means nothing across tokenizers. Drawn with matplotlib's Agg canvas: no display needed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+from configurator import ConfigError, key, parse_config
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+WIDTH, HEIGHT, DPI = 10, 6, 100  # inches, inches, dots per inch: a 1000 x 600 PNG
+
+
+@dataclass
+class PlotConfig:
+    out: str = key("loss.png", "image to write (.png, .svg or .pdf)")
+    log_tokens: bool = key(False, "log-scaled token axis (step 0, at 0 tokens, is then off the axis)")
+    references: str = key(os.path.join(REPO, "docs", "reference_curves.json"),
+                          "reference losses to overlay ('' = none)")
+
+
+class PlotError(ValueError):
+    """A run or reference file cannot be plotted; the message says which and why."""
+
+
+@dataclass
+class Run:
+    name: str
+    label: str                      # name and recipe, for the legend
+    rows: list[dict]                # metrics.jsonl, in order
+    tokens_per_step: int | None     # None without config.json
+    tokenizer: str | None           # None when unknown
+    fineweb: bool                   # trained on FineWeb (not FineWeb-Edu), as far as the config tells
+    train: tuple[list, list] = field(init=False)
+    val: tuple[list, list] = field(init=False)
+
+    def __post_init__(self):
+        self.train = ([r["tokens"] for r in self.rows if "loss" in r], [r["loss"] for r in self.rows if "loss" in r])
+        self.val = ([r["tokens"] for r in self.rows if "val_loss" in r],
+                    [r["val_loss"] for r in self.rows if "val_loss" in r])
+
+
+def read_metrics(path: str) -> list[dict]:
+    """metrics.jsonl's rows. A line that does not parse is skipped: train.py may be writing it right now."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "step" in row and "tokens" in row:
+                rows.append(row)
+    if not rows:
+        raise PlotError(f"{path} holds no logged step yet; plot it once train.py has logged one")
+    return rows
+
+
+def describe_data(config: dict, record: dict) -> tuple[str | None, bool]:
+    """(tokenizer name, trained on FineWeb) from config.json; older runs' tokenizer from the data's meta.json."""
+    import tokenizer
+    from dataloader import read_meta
+    data_dir = config.get("data_dir") or os.path.join(REPO, "data", config.get("dataset", ""))
+    meta = read_meta(data_dir) if os.path.isdir(data_dir) else {}
+    name = (record.get("tokenizer") or {}).get("name")
+    if name is None and os.path.isdir(data_dir):
+        name = tokenizer.describe(meta)["name"]  # shards without meta.json are GPT-2's (llm.c's)
+    words = " ".join([data_dir, *(s.get("name", "") for s in meta.get("sources", []))]).lower()
+    return name, re.search(r"fineweb(?![-_ ]?edu)", words) is not None
+
+
+def load_run(path: str) -> Run:
+    """A run from its out_dir or metrics.jsonl; config.json beside it gives the label and the data."""
+    if os.path.isdir(path):
+        folder, metrics = path, os.path.join(path, "metrics.jsonl")
+        if not os.path.exists(metrics):
+            raise PlotError(f"{path} holds no metrics.jsonl: pass a train.py out_dir or a metrics.jsonl file")
+    elif os.path.isfile(path):
+        folder, metrics = os.path.dirname(path) or ".", path
+    else:
+        raise PlotError(f"no such run directory or metrics file: {path}")
+    rows = read_metrics(metrics)
+    name = os.path.basename(os.path.abspath(folder))
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.exists(config_path):
+        return Run(name, f"{name} (no config.json)", rows, None, None, False)
+    with open(config_path) as f:
+        record = json.load(f)
+    c = record["config"]
+    name = c.get("wandb_run_name") or name
+    tokens_per_step = record.get("tokens_per_step")
+    shape = record.get("model", c)  # the model's shape (a gpt2* init or a resume overrides the config's)
+    recipe = (f"{shape['n_layer']}L x {shape['n_embd']}, {c.get('optimizer', 'adamw')}/{c.get('lr_schedule', 'cosine')}, "
+              f"{tokens_per_step:,} tok/step")
+    tokenizer_name, fineweb = describe_data(c, record)
+    return Run(name, f"{name}: {recipe}", rows, tokens_per_step, tokenizer_name, fineweb)
+
+
+def load_references(path: str) -> list[dict]:
+    if not path:
+        return []
+    try:
+        with open(path) as f:
+            refs = json.load(f)["references"]
+    except (OSError, ValueError, KeyError) as e:
+        raise PlotError(f"cannot read reference curves from {path} ({type(e).__name__}: {e}); "
+                        f"fix the file or pass --references=''") from None
+    return refs
+
+
+def applies(ref: dict, run: Run) -> bool:
+    want = ref.get("applies_to", {})
+    return (("tokenizer" not in want or run.tokenizer == want["tokenizer"]) and
+            (not want.get("fineweb") or run.fineweb))
+
+
+def positive(xy: tuple[list, list]) -> tuple[list, list]:
+    """The points with tokens > 0: what a log axis can show (step 0 is at 0 tokens)."""
+    kept = [(x, y) for x, y in zip(*xy) if x > 0]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def make_figure(runs: list[Run], refs: list[dict], log_tokens: bool = False):
+    """The figure: per run a faint train-loss line and a marked val-loss line (gids '<name>/train',
+    '<name>/val'); each applicable reference (gid 'ref/<name>'). Returns (figure, names of the
+    references left out)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(WIDTH, HEIGHT), dpi=DPI)
+    ax = fig.add_subplot()
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    shown = positive if log_tokens else (lambda xy: xy)
+    xs, ys = [], []  # everything drawn, for the limits
+    for run, colour in zip(runs, colours):
+        train, val = shown(run.train), shown(run.val)
+        ax.plot(*train, color=colour, alpha=0.4, lw=1, label=f"{run.label} (train)", gid=f"{run.name}/train")
+        ax.plot(*val, color=colour, marker="o", ms=4, lw=2, label=f"{run.label} (val)", gid=f"{run.name}/val")
+        xs += train[0] + val[0]
+        ys += train[1] + val[1]
+    x_max = max(xs) * 1.05 or 1.0
+    x_min = min((x for x in xs if x > 0), default=1.0) / 1.5 if log_tokens else 0.0
+    left_out = []
+    for i, ref in enumerate(refs):
+        if not any(applies(ref, run) for run in runs):
+            left_out.append(ref["name"])
+            continue
+        if ref["kind"] == "target":
+            ax.axhline(ref["val_loss"], color="0.25", ls="--", lw=1, label=ref["name"], gid=f"ref/{ref['name']}")
+            ys.append(ref["val_loss"])
+            continue
+        points = [(p["step"] * ref["tokens_per_step"], p["val_loss"]) for p in ref["points"]]
+        # points only: a line would invent the loss between evaluations thousands of steps apart
+        ax.plot(*shown(tuple(map(list, zip(*points)))), color=f"{0.2 + 0.2 * (i % 3):.1f}", ls="none",
+                marker="s^Dv"[i % 4], ms=6, label=f"{ref['name']} (val)", gid=f"ref/{ref['name']}")
+        ys += [y for x, y in points if x_min <= x <= x_max]
+    span = max(ys) - min(ys) or 1.0
+    ax.set_ylim(min(ys) - 0.05 * span, max(ys) + 0.05 * span)
+    ax.set_xscale("log" if log_tokens else "linear")
+    ax.set_xlim(x_min, x_max)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(True, alpha=0.3)
+    per_step = {run.tokens_per_step for run in runs}
+    if len(per_step) == 1 and None not in per_step:  # one step size: steps read off the top axis
+        n = per_step.pop()
+        top = ax.secondary_xaxis("top", functions=(lambda t: t / n, lambda s: s * n))
+        top.set_xlabel(f"steps ({n:,} tokens each)")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig, left_out
+
+
+def plot(paths: list[str], cfg: PlotConfig) -> str:
+    """Draw the runs at `paths` into cfg.out; returns the path written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    if not paths:
+        raise PlotError("name at least one run: python plot.py OUT_DIR [more out_dirs or metrics.jsonl files]")
+    fmt = os.path.splitext(cfg.out)[1].lstrip(".").lower()
+    if fmt not in ("png", "svg", "pdf"):
+        raise PlotError(f"--out={cfg.out}: name a .png, .svg or .pdf file")
+    runs = [load_run(p) for p in paths]
+    fig, left_out = make_figure(runs, load_references(cfg.references), cfg.log_tokens)
+    FigureCanvasAgg(fig)
+    fig.savefig(cfg.out, format=fmt)
+    for name in left_out:
+        print(f"plot.py: reference not shown ({name}): it was measured on another tokenizer or other data than "
+              f"these runs'")
+    print(f"plot.py: wrote {cfg.out} ({len(runs)} run(s))")
+    return cfg.out
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    paths = [a for a in argv if not a.startswith("-")]
+    options = ["--log_tokens=True" if a == "--log_tokens" else a for a in argv if a.startswith("-")]
+    try:
+        plot(paths, parse_config(PlotConfig, options, "plot.py [OUT_DIR | metrics.jsonl ...]"))
+    except ConfigError as e:
+        sys.exit(f"plot.py: config error: {e}")
+    except PlotError as e:
+        sys.exit(f"plot.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()
