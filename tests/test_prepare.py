@@ -113,11 +113,11 @@ def test_disk_full_removes_the_partial_shard_and_keeps_finished_ones(tiktoken_ca
     real_write = prepare.ShardWriter.write
     written = {"tokens": 0}
 
-    def write(self, tokens, docs):
+    def write(self, tokens, docs, text_bytes):
         written["tokens"] += len(tokens)
         if written["tokens"] > 150_000:  # the disk fills up partway through the third shard
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, tokens, docs)
+        return real_write(self, tokens, docs, text_bytes)
 
     monkeypatch.setattr(prepare.ShardWriter, "write", write)
     with pytest.raises(prepare.PrepareError, match="disk full .* finished shards are kept; free space"):
