@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 def key(default: Any, help: str, choices: tuple | None = None, range: str | None = None) -> Any:
     """A config field with its one-line meaning (shown by --help) and, where it has them, the values it
-    allows: `choices`, or for a number a `range` written as an interval, "[1, inf)" or "(0, 1]"."""
+    allows: `choices`, or for a number a `range` written as an interval, "[1, inf)" or "(0, 1]". A key
+    typed `int | str` takes a number in its range or one of its choices (batch_size: 8 or 'auto')."""
     if range is not None:
         _parse_range(range)  # a malformed declaration fails at import, not at a user's run
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "range": range})
@@ -53,11 +54,15 @@ def value_problems(cfg: Any) -> list[str]:
     problems = []
     for f in dataclasses.fields(cfg):
         value, choices, spec = getattr(cfg, f.name), f.metadata.get("choices"), f.metadata.get("range")
-        if choices and value not in choices:
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if choices and value not in choices and not (spec and numeric):  # a number or a word: range or choices
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"'{f.name}' must be one of {', '.join(repr(c) for c in choices)}, got {value!r}{hint}")
-        if spec and value is not None:
+            allowed = f"one of {', '.join(repr(c) for c in choices)}"
+            if spec:
+                allowed = f"{_range_text(spec)} or {' or '.join(repr(c) for c in choices)}"
+            problems.append(f"'{f.name}' must be {allowed}, got {value!r}{hint}")
+        if spec and numeric:
             lo, hi, lo_in, hi_in = _parse_range(spec)
             if not ((lo <= value if lo_in else lo < value) and (value <= hi if hi_in else value < hi)):
                 problems.append(f"'{f.name}' must be {_range_text(spec)}, got {value!r}")
@@ -87,9 +92,13 @@ def _unwrap_optional(typ: Any) -> tuple[Any, bool]:
     return typ, False
 
 
+def _is_int_or_str(typ: Any) -> bool:
+    return typing.get_origin(typ) in (typing.Union, types.UnionType) and set(typing.get_args(typ)) == {int, str}
+
+
 def _type_name(typ: Any) -> str:
     inner, optional = _unwrap_optional(typ)
-    name = getattr(inner, "__name__", str(inner))
+    name = "int or str" if _is_int_or_str(inner) else getattr(inner, "__name__", str(inner))
     return f"{name} or None" if optional else name
 
 
@@ -103,6 +112,8 @@ def coerce(name: str, value: Any, typ: Any, from_cli: bool) -> Any:
     """Check `value` against the field type; a string from the command line is parsed first."""
     inner, optional = _unwrap_optional(typ)
     expected = f"'{name}' expects {_type_name(typ)}"
+    if _is_int_or_str(inner) and not optional:
+        return _coerce_int_or_str(name, value, from_cli, expected)
     if from_cli:
         if value == "None" and optional:
             return None
@@ -135,6 +146,21 @@ def coerce(name: str, value: Any, typ: Any, from_cli: bool) -> Any:
     else:
         raise TypeError(f"unsupported config field type {typ!r} for {name}")
     raise ConfigError(f"{expected}, got {type(value).__name__} {value!r}")
+
+
+def _coerce_int_or_str(name: str, value: Any, from_cli: bool, expected: str) -> int | str:
+    """A number, or a word (which words: the key's choices, checked with the other values)."""
+    if from_cli:
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value  # a bare word such as auto
+    if isinstance(value, str):
+        return value
+    try:
+        return coerce(name, value, int, from_cli=False)
+    except ConfigError:
+        raise ConfigError(f"{expected}, got {type(value).__name__} {value!r}") from None
 
 
 def _exec_config_file(path: str) -> dict[str, Any]:
@@ -178,7 +204,9 @@ def help_text(cls: type, prog: str) -> str:
     lines = [f"usage: {prog} [config_file.py ...] [--key=value ...]", "", "keys:"]
     for f in dataclasses.fields(cls):
         choices, spec = f.metadata.get("choices"), f.metadata.get("range")
-        allowed = f" [{'|'.join(str(c) for c in choices)}]" if choices else f" [{_range_text(spec)}]" if spec else ""
+        words = "|".join(str(c) for c in choices or ())
+        allowed = (f" [{_range_text(spec)} or {words}]" if spec and choices else f" [{words}]" if choices
+                   else f" [{_range_text(spec)}]" if spec else "")
         lines.append(f"  --{f.name}={f.default!r}  ({_type_name(hints[f.name])})  {f.metadata.get('help', '')}{allowed}")
     return "\n".join(lines)
 
