@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+import autobatch
 import hardware
 from configurator import ConfigError, key, parse_config
 from model import GPT
@@ -36,10 +37,17 @@ def bench(cfg: BenchConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(cfg)).to(device)
     optimizer, _ = make_optimizer(model, optimizer_settings(cfg))
+    model.chunked_loss, model.activation_checkpointing = cfg.chunked_loss, cfg.activation_checkpointing
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
-    step_model = torch.compile(model) if use_compile else model
     amp = hardware.autocast(device, dtype)
-    x = torch.randint(0, 50257, (cfg.batch_size, cfg.block_size + 1), device=device)
+    if cfg.batch_size == "auto":  # as train.py picks it for one process: a divisor of the sequences per update
+        if cfg.total_batch_size < cfg.block_size:
+            raise ConfigError("batch_size=auto picks a divisor of total_batch_size/block_size: set total_batch_size")
+        cfg.batch_size, how = autobatch.choose_batch_size(model, optimizer, amp, device, cfg.block_size,
+                                                          cfg.total_batch_size // cfg.block_size)
+        print(f"batch_size=auto: {how}")
+    step_model = torch.compile(model) if use_compile else model
+    x = torch.randint(0, min(cfg.vocab_size, 50257), (cfg.batch_size, cfg.block_size + 1), device=device)
     inputs, targets = x[:, :-1], x[:, 1:]
 
     def step():
@@ -72,7 +80,8 @@ def bench(cfg: BenchConfig) -> dict:
     result = {"device": name, "dtype": dtype, "compile": use_compile, "params_M": model.num_params()["total"] / 1e6,
               "batch": f"{cfg.batch_size}x{cfg.block_size}x{cfg.bench_micro_steps}", "ms_per_step": dt * 1000,
               "tok_per_s": tokens / dt, "mfu": mfu, f"peak_{mem_kind}_gib": mem, "warmup_s": warmup_s,
-              "optimizer": cfg.optimizer, "threads": torch.get_num_threads()}
+              "optimizer": cfg.optimizer, "threads": torch.get_num_threads(), "chunked_loss": model.chunked_loss,
+              "activation_checkpointing": model.activation_checkpointing}
     print(f"{name} | {dtype} ({dtype_reason}) | {compile_reason} | {result['params_M']:.1f}M params | "
           f"batch {result['batch']} | {dt * 1000:.1f} ms/step | {tokens / dt:,.0f} tok/s | "
           f"MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | peak {mem_kind} "

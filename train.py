@@ -10,6 +10,7 @@ in order and holds the loop. `python train.py --help` lists every key.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -17,12 +18,13 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import NoReturn
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import autobatch
 import distributed
 import hardware
 import tokenizer
@@ -59,12 +61,20 @@ class TrainConfig:
     # data
     dataset: str = key("fineweb", "a folder under data/ holding shards (see data/fineweb/prepare.py)")
     data_dir: str = key("", "any folder of shards; overrides dataset")
-    batch_size: int = key(12, "sequences per micro-batch on each GPU/process", range="[1, inf)")
+    batch_size: int | str = key(12, "sequences per micro-batch on each GPU/process, or 'auto': the largest that fits "
+                                "(probed on CUDA, fixed on CPU/MPS; needs total_batch_size)", range="[1, inf)",
+                                choices=("auto",))
     block_size: int = key(1024, "context length in tokens", range="[1, inf)")
     gradient_accumulation_steps: int = key(0, "micro-batches per update summed over all ranks (0 = derive from "
                                            "total_batch_size)", range="[0, inf)")
     total_batch_size: int = key(0, "tokens per update; gradient_accumulation_steps is derived from it (0 = not set)",
                                 range="[0, inf)")
+    reprobe_batch_size: bool = key(False, "batch_size=auto on resume: probe again instead of reusing the micro-batch "
+                                   "stored in the checkpoint")
+    chunked_loss: bool = key(True, "compute the training loss in chunks, never holding the (B*T, vocab) logits "
+                             "(same loss; not with logit_softcap, which needs them)")
+    activation_checkpointing: bool = key(False, "recompute each block's activations during backward: far less "
+                                         "memory for about one more forward pass of compute")
     # model (each key is the GPTConfig field of the same name)
     n_layer: int = key(12, "transformer blocks", range="[1, inf)")
     n_head: int = key(12, "attention heads", range="[1, inf)")
@@ -127,6 +137,10 @@ def check_config(cfg: TrainConfig) -> None:
     between = []
     if cfg.min_lr > cfg.learning_rate:
         between.append(f"min_lr={cfg.min_lr} exceeds learning_rate={cfg.learning_rate}: the schedule decays to min_lr")
+    if cfg.batch_size == "auto" and (not cfg.total_batch_size or cfg.gradient_accumulation_steps):
+        between.append("batch_size=auto needs total_batch_size (tokens per update, which the micro-batch must not "
+                       "change) and derives gradient_accumulation_steps from it: set total_batch_size, leave "
+                       "gradient_accumulation_steps at 0")
     check_values(cfg, between, "invalid training config:")
 
 
@@ -199,6 +213,7 @@ class LoopState:
     elapsed: float = 0.0                # seconds of training so far, across resumes
     wandb_id: str | None = None         # so a resumed run continues the same wandb run
     loader: dict | None = None          # the train loader's state after the last batch trained on
+    auto_batch_size: int | None = None  # the micro-batch batch_size=auto chose, so a resume does not probe again
 
 
 # ------------------------------------------------------------------ set-up stages, in the order train() runs them
@@ -220,26 +235,25 @@ def refuse_to_overwrite(cfg: TrainConfig) -> None:
                           f"{cfg.out_dir} to start over)")
 
 
-def setup_device(cfg: TrainConfig, env: Env, device_reason: str) -> tuple[str, object, int, int]:
-    """(dtype, autocast context, micro-steps per rank, tokens per update), each choice printed."""
+def setup_device(cfg: TrainConfig, env: Env, device_reason: str) -> tuple[str, object]:
+    """(dtype, autocast context), each choice printed."""
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, env.device)
-    accum_steps, tokens_per_step = resolve_batch(cfg, env.world_size)
     if env.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: free speed, tiny error
         torch.backends.cudnn.allow_tf32 = True
     env.print0(f"device: {env.device} ({hardware.device_name(env.device)}; {device_reason}), world size {env.world_size}")
     env.print0(f"dtype: {dtype} ({dtype_reason})")
-    env.print0(f"batch: {tokens_per_step:,} tokens/update = {cfg.batch_size} seqs x {cfg.block_size} tokens "
-               f"x {accum_steps} micro-steps x {env.world_size} processes")
-    return dtype, hardware.autocast(env.device, dtype), accum_steps, tokens_per_step
+    return dtype, hardware.autocast(env.device, dtype)
 
 
 def load_data(cfg: TrainConfig, env: Env) -> tuple[TrainLoader, ValSet, dict]:
     """(train loader, fixed val set, tokenizer record of the shards)."""
     data_dir = cfg.data_dir or os.path.join(REPO, "data", cfg.dataset)
-    tok_record = tokenizer.describe(read_meta(data_dir))
+    meta = read_meta(data_dir)
+    tok_record = tokenizer.describe(meta)
     train_loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, cfg.seed, env.rank, env.world_size, env.device)
     val_set = ValSet(data_dir, cfg.batch_size, cfg.block_size, cfg.eval_iters, env.device)
+    env.print0(val_set.count_text_bytes(meta))  # the bytes behind bits per byte, or why it is n/a
     return train_loader, val_set, tok_record
 
 
@@ -282,6 +296,15 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
     return model
 
 
+def set_memory_options(model: GPT, cfg: TrainConfig, env: Env) -> None:
+    """The switches that trade compute for memory (the function computed stays the same), set on the raw
+    model before compile and before batch_size=auto measures what fits."""
+    model.chunked_loss, model.activation_checkpointing = cfg.chunked_loss, cfg.activation_checkpointing
+    chunked = "off" if not cfg.chunked_loss else "off (logit_softcap needs the full logits)" \
+        if model.config.logit_softcap else "on"
+    env.print0(f"memory: chunked loss {chunked}, activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}")
+
+
 def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val_set: ValSet) -> None:
     """Every token id of the data must have an embedding: by meta.json's vocabulary, else by the shards' ids
     (all val tokens, a sample of the train shards)."""
@@ -299,6 +322,41 @@ def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple
     env.print0(f"optimizer: {cfg.optimizer}, peak learning rates per group:\n  " + "\n  ".join(lines))
     peak_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume overwrites them
     return optimizer, peak_lrs, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
+
+
+def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, ckpt: dict | None) -> tuple[TrainConfig, int, int]:
+    """(cfg with batch_size=auto replaced by the micro-batch chosen, micro-steps per rank, tokens per update),
+    printed."""
+    if cfg.batch_size == "auto":
+        cfg = replace(cfg, batch_size=auto_batch_size(cfg, env, model, optimizer, amp, ckpt))
+    accum_steps, tokens_per_step = resolve_batch(cfg, env.world_size)
+    env.print0(f"batch: {tokens_per_step:,} tokens/update = {cfg.batch_size} seqs x {cfg.block_size} tokens "
+               f"x {accum_steps} micro-steps x {env.world_size} processes")
+    return cfg, accum_steps, tokens_per_step
+
+
+def auto_batch_size(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, ckpt: dict | None) -> int:
+    """batch_size=auto: on resume the checkpoint's choice (unless reprobe_batch_size); else the largest
+    micro-batch that fits (CUDA: probed with real training steps; CPU/MPS: a fixed size), the smallest
+    over the processes. Always a divisor of the sequences each process trains per update."""
+    group = cfg.block_size * env.world_size  # tokens of one sequence on every process
+    sequences, rem = divmod(cfg.total_batch_size, group)
+    if rem or not sequences:
+        k = cfg.total_batch_size // group
+        fixes = " or ".join(f"total_batch_size={n * group}" for n in (k, k + 1) if n > 0)
+        raise ConfigError(f"batch_size=auto: total_batch_size={cfg.total_batch_size} is not a multiple of "
+                          f"block_size*processes={cfg.block_size}*{env.world_size}={group}; use {fixes}")
+    stored = ckpt.get("auto_batch_size") if ckpt is not None else None
+    if stored and not cfg.reprobe_batch_size:  # largest divisor up to it: the process count may have changed
+        size = autobatch.largest_at_most(autobatch.divisors(sequences), stored)
+        env.print0(f"batch_size=auto: {size}, chosen when the run started and stored in the checkpoint "
+                   f"(--reprobe_batch_size=True probes again)")
+        return size
+    size, how = autobatch.choose_batch_size(model, optimizer, amp, env.device, cfg.block_size, sequences)
+    sizes = env.gather(size)
+    env.print0(f"batch_size=auto: {how}" + (f"; the processes found {sizes}: all use the smallest, {min(sizes)}"
+                                            if len(set(sizes)) > 1 else ""))
+    return min(sizes)
 
 
 def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, loader: TrainLoader) -> LoopState:
@@ -455,10 +513,33 @@ def save_run(out_dir: str, names: tuple[str, ...], model: GPT, optimizer, scaler
     save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "step": state.step, "best_val_loss": state.best_val_loss,
                      "val_loss": val_loss, "config": asdict(cfg), "rng": rngs, "loader": state.loader,
-                     "tokenizer": tok_record, "wandb_run_id": state.wandb_id, "elapsed": state.elapsed}, first)
+                     "tokenizer": tok_record, "wandb_run_id": state.wandb_id, "elapsed": state.elapsed,
+                     "auto_batch_size": state.auto_batch_size}, first)
     for name in names[1:]:
         publish_copy(first, os.path.join(out_dir, name))
     print(f"saved {' and '.join(names)} in {out_dir} at step {state.step}", flush=True)
+
+
+def duration(seconds: float) -> str:
+    """1h02m03s, 4m05s or 6s: elapsed and ETA in the log."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def short_count(n: float) -> str:
+    """3.15B, 524.29K: token counts in the log."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def eta(recent_step_times: list[float], steps_left: int) -> str:
+    """Time to max_iters at the median of the recent update times (evals and checkpoint saves are not
+    in them; the median ignores a one-off slow step such as the first, compiled one)."""
+    times = sorted(recent_step_times)
+    return duration(times[len(times) // 2] * steps_left)
 
 
 def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) -> TrainingError:
@@ -476,20 +557,27 @@ def train(cfg: TrainConfig) -> dict:
     refuse_to_overwrite(cfg)
     device, device_reason = hardware.pick_device(cfg.device)
     with distributed.setup(device, cfg.backend) as env:
-        dtype, amp, accum_steps, tokens_per_step = setup_device(cfg, env, device_reason)
-        train_loader, val_set, tok_record = load_data(cfg, env)
+        dtype, amp = setup_device(cfg, env, device_reason)
         ckpt = checkpoint_to_resume(cfg, env)
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
-        check_data_fits(raw_model, tok_record, train_loader, val_set)
+        set_memory_options(raw_model, cfg, env)
         optimizer, peak_lrs, scaler = setup_optimizer(raw_model, cfg, env, dtype)
+        # batch_size=auto is probed with the model and optimizer; the data, batched by it, comes after them
+        auto_batch = cfg.batch_size == "auto"
+        cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, raw_model, optimizer, amp, ckpt)
+        train_loader, val_set, tok_record = load_data(cfg, env)
+        check_data_fits(raw_model, tok_record, train_loader, val_set)
         state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
+        state.auto_batch_size = cfg.batch_size if auto_batch else None
         log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_id,
                      {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
-                      "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device)})
+                      "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device),
+                      "tokenizer": tok_record})  # plot.py shows reference curves only for runs on their tokenizer
         state.wandb_id = log.wandb.id or state.wandb_id
         flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
         stop, start_step, elapsed_before, t0 = StopFlag(), state.step, state.elapsed, time.time()
         last_loss = val_loss = None
+        step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
         model = compile_and_wrap(raw_model, cfg, env)
         try:
             x, y, batch_state = train_loader.next_batch()
@@ -502,8 +590,13 @@ def train(cfg: TrainConfig) -> dict:
                 resumed_val = ckpt["val_loss"] if ckpt is not None and step == start_step else None
                 if step % cfg.eval_interval == 0 or last_step or resumed_val is not None:
                     row["val_loss"] = val_loss = evaluate(raw_model, val_set, amp, env)
+                    val_bpb = val_set.bits_per_byte(val_loss)
+                    if val_bpb is not None:
+                        row["val_bpb"] = val_bpb
                     env.print0(f"step {step}: val loss {val_loss:.4f}" +
-                               (f" (before the stop: {resumed_val:.4f})" if resumed_val is not None else ""))
+                               (f" (before the stop: {resumed_val:.4f})" if resumed_val is not None else "") +
+                               f" | val bpb {f'{val_bpb:.4f}' if val_bpb is not None else 'n/a'} | "
+                               f"elapsed {duration(elapsed_before + time.time() - t0)}")
                     names = ((LATEST,) if cfg.always_save_checkpoint or last_step else ()) + \
                             ((BEST,) if val_loss < state.best_val_loss else ())
                     state.best_val_loss = min(state.best_val_loss, val_loss)
@@ -537,6 +630,7 @@ def train(cfg: TrainConfig) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 hardware.synchronize(env.device)
                 dt = time.time() - t_step
+                step_times.append(dt)
 
                 if step % cfg.log_interval == 0:
                     mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
@@ -545,7 +639,9 @@ def train(cfg: TrainConfig) -> dict:
                                elapsed=elapsed_before + time.time() - t0, peak_mem_gib=mem)
                     env.print0(f"step {step}: loss {last_loss:.4f} | lr {lr:.3e} | grad norm {grad_norm:.3f} | "
                                f"{tokens_per_step / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
-                               f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms")
+                               f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms | "
+                               f"{short_count((step + 1) * tokens_per_step)} tokens | "
+                               f"ETA {eta(list(step_times), cfg.max_iters - step - 1)}")
                 if len(row) > 2:
                     log.record(row)
                 if env.any(stop.signal is not None):  # every rank stops at the same step

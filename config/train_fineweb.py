@@ -6,21 +6,22 @@
 #   model: 12 layers, 12 heads, n_embd 768, context 1024: 162.2M parameters
 #          (38.6M token embedding + 38.6M output head + 85.0M in the blocks; the untied head adds
 #          parameters, not compute: FLOPs per token equal GPT-2 124M's)
-#   batch: 524,288 tokens per update = 8 sequences x 1024 tokens x 64 micro-steps on one GPU
-#          (x 8 micro-steps per GPU under torchrun with 8 GPUs: same global batch, same curve)
+#   batch: 524,288 tokens per update = micro-batch x 1024 tokens x micro-steps, e.g. 8 x 1024 x 64 on
+#          one GPU; batch_size="auto" picks the largest micro-batch that fits and derives the micro-steps
+#          (under torchrun with 8 GPUs: same global batch, same curve)
 #   memory: an estimate, not yet measured on a GPU: ~2.3 GB for weights, gradients and optimizer state
 #          (fp32 weights and grads, AdamW's two moments for the embedding and head, Muon's one for the
 #          blocks), ~2.6 GB of activations (34*B*T*C bytes per layer, Korthikanti et al. 2022), ~0.6 GB
 #          for the loss (1,024-row chunks of fp32 logits): about 5.5 GB at batch_size=8.
-#          Out of memory? Lower batch_size; the accumulation steps follow from total_batch_size.
+#          Out of memory with a fixed batch_size? Lower it, or --activation_checkpointing=True.
 #   tokens: 5,000 updates = 2.6B tokens; python bench.py config/train_fineweb.py measures your speed.
 out_dir = "out-fineweb"
 dataset = "fineweb"
 eval_interval = 500
-eval_iters = 40          # 40 x 8 x 1024 = 328k fixed val tokens
+eval_iters = 40          # val set: 40 micro-batches (328k tokens at batch_size=8; fix batch_size to compare GPUs)
 log_interval = 10
 
-batch_size = 8
+batch_size = "auto"      # the largest micro-batch that fits this GPU (probed at start, stored in the checkpoint)
 block_size = 1024
 total_batch_size = 524288
 

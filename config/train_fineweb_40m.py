@@ -5,17 +5,17 @@
 # with --n_head=6 --n_embd=384 --learning_rate=1.5e-3 --min_lr=1.5e-4 --warmup_iters=300 --max_iters=6000.
 #   model: 12 layers, 6 heads (head size 64), n_embd 384, context 1024: 59.9M parameters
 #          (19.3M token embedding + 19.3M output head + 21.2M in the blocks)
-#   batch: 524,288 tokens per update = 8 sequences x 1024 tokens x 64 micro-steps on one GPU
+#   batch: 524,288 tokens per update = micro-batch x 1024 tokens x micro-steps (batch_size="auto")
 #   memory: an estimate, not yet measured on a GPU: ~0.8 GB weights, gradients and optimizer state,
 #          ~1.3 GB activations, ~0.6 GB for the loss at batch_size=8: about 3 GB; fits a 12 GB card.
 #   tokens: 6,000 updates = 3.1B tokens.
 out_dir = "out-fineweb-40m"
 dataset = "fineweb"
 eval_interval = 500
-eval_iters = 40
+eval_iters = 40          # val set: 40 micro-batches of the batch_size chosen
 log_interval = 10
 
-batch_size = 8
+batch_size = "auto"      # the largest micro-batch that fits this GPU (probed at start, stored in the checkpoint)
 block_size = 1024
 total_batch_size = 524288
 

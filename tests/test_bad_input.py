@@ -235,7 +235,7 @@ def test_help_shows_each_range(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     out = capsys.readouterr().out
-    assert "--dropout=0.0  (float)" in out and "[in [0, 1)]" in out and "--batch_size=12  (int)" in out
+    assert "--dropout=0.0  (float)" in out and "[in [0, 1)]" in out and "--batch_size=12  (int or str)" in out
 
 
 # ----------------------------------------------------------------------------- 7. text encodings at the edges

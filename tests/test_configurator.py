@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from configurator import ConfigError, key, parse_config
+from configurator import ConfigError, help_text, key, parse_config
 
 
 @dataclass
@@ -72,9 +72,10 @@ def test_space_separated_value_gets_a_hint():
 def test_train_help_lists_every_key_with_type_default_and_meaning():
     import train
     out = subprocess.run([sys.executable, train.__file__, "--help"], capture_output=True, text=True, check=True).stdout
-    for line in ("--batch_size=12  (int)", "--learning_rate=0.0006  (float)", "--compile=None  (bool or None)",
+    for line in ("--batch_size=12  (int or str)", "--learning_rate=0.0006  (float)", "--compile=None  (bool or None)",
                  "--init_from='scratch'  (str)  'scratch', 'resume'"):
         assert line in out
+    assert "or 'auto': the largest that fits" in out and "[>= 1 or auto]" in out
     assert out.count("\n  --") == len(train.TrainConfig.__dataclass_fields__)
 
 
@@ -107,3 +108,22 @@ def test_a_value_outside_the_declared_choices_lists_them(tmp_path):
         parse_config(Cfg, [str(f)])
     assert parse_config(Cfg, ["--dtype=float32"]).dtype == "float32"
 
+
+
+@dataclass
+class AutoCfg:
+    batch_size: int | str = key(8, "sequences, or 'auto'", range="[1, inf)", choices=("auto",))
+
+
+def test_an_int_key_that_also_takes_a_word(tmp_path):
+    assert parse_config(AutoCfg, ["--batch_size=auto"]).batch_size == "auto"
+    assert parse_config(AutoCfg, ["--batch_size=16"]).batch_size == 16
+    f = tmp_path / "c.py"
+    f.write_text("batch_size = 'auto'\n")
+    assert parse_config(AutoCfg, [str(f)]).batch_size == "auto"
+    for arg, expected in [("--batch_size=autp", "'batch_size' must be >= 1 or 'auto', got 'autp'; did you mean 'auto'"),
+                          ("--batch_size=0", "'batch_size' must be >= 1, got 0"),
+                          ("--batch_size=2.5", "'batch_size' expects int or str, got float 2.5")]:
+        with pytest.raises(ConfigError, match=expected):
+            parse_config(AutoCfg, [arg])
+    assert "--batch_size=8  (int or str)  sequences, or 'auto' [>= 1 or auto]" in help_text(AutoCfg, "t")
