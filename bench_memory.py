@@ -101,12 +101,18 @@ def build(cfg: MemoryBenchConfig, variant: str):
         nanogpt = load_nanogpt(cfg.nanogpt_dir)
         model = nanogpt.GPT(nanogpt.GPTConfig(**shape))
         optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")  # as nanoGPT's train.py
-        return model.train(), optimizer, f"nanoGPT's AdamW ({'fused' if optimizer.defaults.get('fused') else 'foreach'})"
+        return model.train(), optimizer, f"nanoGPT's AdamW ({adamw_kind(optimizer)})"
     model = GPT(GPTConfig(**shape)).train()
     model.chunked_loss = variant.startswith("chunked")
     model.activation_checkpointing = "+ckpt" in variant
     optimizer, _ = make_optimizer(model, OptimizerSettings("adamw", 6e-4, 0.1, (0.9, 0.95)))
-    return model, optimizer, f"AdamW ({'fused' if optimizer.defaults.get('fused') else 'foreach'})"
+    return model, optimizer, f"AdamW ({adamw_kind(optimizer)})"
+
+
+def adamw_kind(optimizer) -> str:
+    """fused, foreach, or torch's default implementation for the device (foreach=None)."""
+    d = optimizer.defaults
+    return "fused" if d.get("fused") else "foreach" if d.get("foreach") else "torch's default"
 
 
 def run_steps(cfg: MemoryBenchConfig, variant: str) -> dict:

@@ -66,13 +66,14 @@ class RecipeBenchConfig:
     eval_iters: int = key(4, "batches per evaluation, on each half", range="[1, inf)")
     gpt2_lrs: str = key("2e-3,4e-3,8e-3", "AdamW learning rates tried for the GPT-2 recipe")
     modern_lrs: str = key("0.02,0.04", "Muon learning rates tried for the modern recipe")
-    variant_lrs: str = key("", "Muon learning rates of the softcap and qwen3 variants ('' = the modern recipe's choice)")
+    variants: str = key("softcap,qwen3", "variants of the modern recipe to train ('' = none; every recipe is timed)")
+    variant_lrs: str = key("", "Muon learning rates of the variants ('' = the modern recipe's choice)")
     train_runs: bool = key(True, "train and compare the recipes; False = only time their steps")
     reuse: bool = key(False, "keep runs of out_dir that finished with the same config instead of training them again")
     timing_steps: int = key(10, "interleaved timed steps per recipe for the time-per-step ratio (0 = skip)",
                             range="[0, inf)")
     device: str = key("cpu", "device to train on")
-    dtype: str = key("bfloat16", "autocast dtype", choices=hardware.DTYPES)
+    dtype: str = key("float32", "autocast dtype (bfloat16 is faster only on CPUs with avx512_bf16 or amx)", choices=hardware.DTYPES)
     seed: int = key(1337, "seed of every run (same initial data order)", range="[0, inf)")
 
 
@@ -193,6 +194,14 @@ def parse_lrs(text: str) -> list[float]:
         raise ConfigError(f"learning rates must be comma-separated numbers, got {text!r}") from None
 
 
+def parse_variants(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in RECIPES or v in ("gpt2", "modern")]
+    if unknown:
+        raise ConfigError(f"variants: unknown {unknown}; choose from {[r for r in RECIPES if r not in ('gpt2', 'modern')]}")
+    return names
+
+
 def time_only(b: RecipeBenchConfig) -> dict[str, float]:
     ms = time_steps(b, {recipe: {"lr": 0.01} for recipe in RECIPES})  # the learning rate does not change the time
     for recipe, t in ms.items():
@@ -211,12 +220,13 @@ def main(b: RecipeBenchConfig) -> dict:
     runs = [train_run(b, "modern", lr, data) for lr in parse_lrs(b.modern_lrs)]
     runs += [train_run(b, "gpt2", lr, data) for lr in parse_lrs(b.gpt2_lrs)]
     best = lambda recipe: min((r for r in runs if r["recipe"] == recipe), key=lambda r: r["select_loss"])  # noqa: E731
-    for variant in ("softcap", "qwen3"):
+    for variant in parse_variants(b.variants):
         runs += [train_run(b, variant, lr, data) for lr in parse_lrs(b.variant_lrs) or [best("modern")["lr"]]]
-    chosen = {recipe: best(recipe) for recipe in RECIPES}
+    chosen = {recipe: best(recipe) for recipe in RECIPES if any(r["recipe"] == recipe for r in runs)}
     target = chosen["gpt2"]["final_loss"]
     gpt2_tokens = tokens_to_reach(chosen["gpt2"]["curve"], target)
-    ms = time_steps(b, chosen) if b.timing_steps else {}
+    # every recipe is timed (the learning rate does not change the time), trained or not
+    ms = time_steps(b, {recipe: chosen.get(recipe, {"lr": 0.01}) for recipe in RECIPES}) if b.timing_steps else {}
     print(f"\nchosen on the select half; losses on the report half; target = GPT-2 recipe's final val {target:.4f}")
     print("| recipe | lr | val loss at end | tokens to reach target | vs GPT-2 | ms/step | vs GPT-2 |")
     print("|---|---|---|---|---|---|---|")
@@ -226,6 +236,8 @@ def main(b: RecipeBenchConfig) -> dict:
         reach_text = f"{reach:,.0f} | {reach / gpt2_tokens:.2f}x" if reach is not None else "not reached | -"
         time_text = f"{ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x" if ms else "- | -"
         print(f"| {recipe} | {r['lr']:g} | {r['final_loss']:.4f} | {reach_text} | {time_text} |")
+    for recipe in (r for r in ms if r not in chosen):
+        print(f"| {recipe} | not trained | - | - | - | {ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x |")
     print("\nval loss (report half) against tokens:")
     steps = [t for t, _ in chosen["gpt2"]["curve"]]
     print("tokens   " + " ".join(f"{recipe:>8s}" for recipe in chosen))

@@ -66,7 +66,8 @@ class EvalConfig:
     limit: int = key(0, "score only the first this many items (0 = all)", range="[0, inf)")
     batch_size: int = key(8, "items per forward pass (4 sequences each)", range="[1, inf)")
     device: str = key("auto", "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
-    dtype: str = key("auto", "'auto' (bf16/fp16 autocast on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'",
+    dtype: str = key("float32", "'float32' (as the harness's published scores), or 'auto' / 'bfloat16' / 'float16' "
+                     "autocast: faster on a GPU, and a near tie between endings can then flip",
                      choices=hardware.DTYPES)
     progress: bool = key(True, "show a progress bar")
 
@@ -92,7 +93,11 @@ def render(doc: dict) -> tuple[str, list[str], int]:
 
 def encode(enc, context: str, continuation: str) -> tuple[list[int], int]:
     """(tokens of context + continuation, how many of them are the continuation's): the whole is encoded
-    at once and the continuation's tokens are those past the context's own encoding."""
+    at once and the continuation's tokens are those past the context's own encoding. Trailing whitespace of
+    the context moves to the continuation first, as the harness's _encode_pair does."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = enc.encode_ordinary(context + continuation)
     return whole, len(whole) - len(enc.encode_ordinary(context))
 

@@ -78,7 +78,8 @@ def describe_data(config: dict, record: dict) -> tuple[str | None, bool]:
     name = (record.get("tokenizer") or {}).get("name")
     if name is None and os.path.isdir(data_dir):
         name = tokenizer.describe(meta)["name"]  # shards without meta.json are GPT-2's (llm.c's)
-    words = " ".join([data_dir, *(s.get("name", "") for s in meta.get("sources", []))]).lower()
+    # the sources prepare.py read, not the folder's name: data/fineweb is every run's default folder
+    words = " ".join(s.get("name", "") for s in meta.get("sources", [])).lower()
     return name, re.search(r"fineweb(?![-_ ]?edu)", words) is not None
 
 
@@ -149,6 +150,8 @@ def make_figure(runs: list[Run], refs: list[dict], log_tokens: bool = False):
         ax.plot(*val, color=colour, marker="o", ms=4, lw=2, label=f"{run.label} (val)", gid=f"{run.name}/val")
         xs += train[0] + val[0]
         ys += train[1] + val[1]
+    if not xs:
+        raise PlotError("nothing past step 0 to show on a log tokens axis yet: plot without --log_tokens")
     x_max = max(xs) * 1.05 or 1.0
     x_min = min((x for x in xs if x > 0), default=1.0) / 1.5 if log_tokens else 0.0
     left_out = []

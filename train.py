@@ -32,7 +32,7 @@ from atomic import atomic_write, publish_copy, write_json
 from checkpoint import (BEST, LATEST, CheckpointError, build_model, check_resumable, load_checkpoint, rng_state,
                         save_checkpoint, set_rng_state)
 from configurator import ConfigError, check_values, format_config, key, parse_config
-from dataloader import ShardError, TrainLoader, ValSet, check_token_ids, read_meta
+from dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
 from distributed import Env
 from hf_interop import GPT2_MODELS, from_pretrained
 from model import MLPS, NORMS, POS_EMBS, GPT, GPTConfig
@@ -48,8 +48,10 @@ class TrainConfig:
     eval_interval: int = key(250, "evaluate (and checkpoint) every this many steps, plus at the start and end",
                              range="[1, inf)")
     log_interval: int = key(1, "print and record a log line every this many steps", range="[1, inf)")
-    eval_iters: int = key(20, "val batches per eval; always the same first eval_iters*batch_size val windows",
+    eval_iters: int = key(20, "val batches per eval; always the same first eval_iters*val_batch_size val windows",
                           range="[1, inf)")
+    val_batch_size: int = key(0, "sequences per val batch (0 = batch_size); fix it with batch_size=auto so that "
+                              "the val set does not depend on the GPU", range="[0, inf)")
     always_save_checkpoint: bool = key(True, "write ckpt.pt at every eval (else only at the end); ckpt_best.pt tracks the best val")
     init_from: str = key("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), 'auto' (resume if out_dir/ckpt.pt "
                          "exists, else scratch) or gpt2, gpt2-medium, gpt2-large, gpt2-xl",
@@ -246,13 +248,17 @@ def setup_device(cfg: TrainConfig, env: Env, device_reason: str) -> tuple[str, o
     return dtype, hardware.autocast(env.device, dtype)
 
 
+def data_dir_of(cfg: TrainConfig) -> str:
+    return cfg.data_dir or os.path.join(REPO, "data", cfg.dataset)
+
+
 def load_data(cfg: TrainConfig, env: Env) -> tuple[TrainLoader, ValSet, dict]:
     """(train loader, fixed val set, tokenizer record of the shards)."""
-    data_dir = cfg.data_dir or os.path.join(REPO, "data", cfg.dataset)
+    data_dir = data_dir_of(cfg)
     meta = read_meta(data_dir)
     tok_record = tokenizer.describe(meta)
     train_loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, cfg.seed, env.rank, env.world_size, env.device)
-    val_set = ValSet(data_dir, cfg.batch_size, cfg.block_size, cfg.eval_iters, env.device)
+    val_set = ValSet(data_dir, cfg.val_batch_size or cfg.batch_size, cfg.block_size, cfg.eval_iters, env.device)
     env.print0(val_set.count_text_bytes(meta))  # the bytes behind bits per byte, or why it is n/a
     return train_loader, val_set, tok_record
 
@@ -558,6 +564,8 @@ def train(cfg: TrainConfig) -> dict:
     device, device_reason = hardware.pick_device(cfg.device)
     with distributed.setup(device, cfg.backend) as env:
         dtype, amp = setup_device(cfg, env, device_reason)
+        for split in ("train", "val"):  # missing data is reported now, not after minutes of batch_size=auto probing
+            find_shards(data_dir_of(cfg), split)
         ckpt = checkpoint_to_resume(cfg, env)
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
         set_memory_options(raw_model, cfg, env)

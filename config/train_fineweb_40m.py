@@ -12,7 +12,8 @@
 out_dir = "out-fineweb-40m"
 dataset = "fineweb"
 eval_interval = 500
-eval_iters = 40          # val set: 40 micro-batches of the batch_size chosen
+eval_iters = 40
+val_batch_size = 8       # the val set: 40 x 8 x 1024 = 328k tokens, the same whatever batch_size=auto picks
 log_interval = 10
 
 batch_size = "auto"      # the largest micro-batch that fits this GPU (probed at start, stored in the checkpoint)

@@ -10,7 +10,7 @@ import autobatch
 import train
 from configurator import ConfigError
 from distributed import Env
-from conftest import run_train, tiny_model
+from conftest import metrics, run_train, tiny_model
 from optimizer import OptimizerSettings, make_optimizer
 
 BLOCK = 16
@@ -137,6 +137,17 @@ def test_train_with_batch_size_auto_on_cpu_and_resume_keeps_the_stored_choice(sy
     run_train(synthetic_shards, tmp_path, "--max_iters=6", "--init_from=resume", "--reprobe_batch_size=True", *common)
     assert "= 16 seqs x 32 tokens x 1 micro-steps" in capsys.readouterr().out
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["auto_batch_size"] == 16
+
+
+def test_val_batch_size_keeps_the_val_set_whatever_micro_batch_auto_picks(synthetic_shards, tmp_path, monkeypatch):
+    def first_val_loss(fixed_tokens: int, run: str, *extra: str) -> float:
+        monkeypatch.setattr(autobatch, "FIXED_TOKENS", fixed_tokens)  # stands in for two GPUs of different size
+        run_train(synthetic_shards, tmp_path / run, "--max_iters=1", "--batch_size=auto", "--total_batch_size=512",
+                  "--eval_iters=1", *extra)
+        return next(r["val_loss"] for r in metrics(tmp_path / run) if "val_loss" in r)  # step 0: same weights
+
+    assert first_val_loss(64, "a", "--val_batch_size=4") == first_val_loss(512, "b", "--val_batch_size=4")
+    assert first_val_loss(64, "c") != first_val_loss(512, "d")  # 2 windows against 16
 
 
 def test_batch_size_auto_needs_a_fixed_update_size(synthetic_shards, tmp_path):

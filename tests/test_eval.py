@@ -50,6 +50,15 @@ def test_text_is_rendered_as_the_harness_does():
     assert hellaswag.render(ITEMS[0])[2] == 3  # the Hub's string label
 
 
+def test_a_contexts_trailing_space_moves_to_the_continuation(tiktoken_cache):
+    enc = tokenizer.load_encoding("gpt2")
+    # "...grill. " (markup removed at the end) must be scored as "...grill." then "  Scrub", as the harness splits it
+    whole, n = hellaswag.encode(enc, "Heat the grill. ", " Scrub the grates.")
+    assert whole == enc.encode_ordinary("Heat the grill.  Scrub the grates.")
+    assert whole[:-n] == enc.encode_ordinary("Heat the grill.")
+    assert hellaswag.encode(enc, "Heat the grill.", " Scrub")[0] == enc.encode_ordinary("Heat the grill. Scrub")
+
+
 def test_acc_norm_divides_by_the_endings_characters():
     # the longer ending has the lower sum but the higher log-likelihood per character
     assert hellaswag.predictions([-10.0, -12.0], ["short", "a much longer ending"]) == (0, 1)

@@ -36,7 +36,7 @@ def test_log_lines_report_tokens_eta_elapsed_and_bpb(shards, tmp_path, capsys):
               "--gradient_accumulation_steps=0")
     out = capsys.readouterr().out
     steps = [line for line in out.splitlines() if re.match(r"step \d+: loss", line)]
-    assert len(steps) == 4 and steps[0].endswith(re.search(r"\| 256 tokens \| ETA \d+s$", steps[0]).group(0))
+    assert len(steps) == 4 and re.search(r"\| 256 tokens \| ETA \d+s$", steps[0]), steps[0]
     assert "| 1.02K tokens | ETA 0s" in steps[3]  # 4 updates of 256 tokens; nothing left
     evals = [line for line in out.splitlines() if re.match(r"step \d+: val loss", line)]
     assert len(evals) == 3 and all(re.search(r"\| val bpb \d\.\d{4} \| elapsed \d+s$", e) for e in evals)

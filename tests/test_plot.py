@@ -63,6 +63,9 @@ def test_a_run_in_progress_and_several_runs(run_dir, tmp_path):
     assert drawn["live/train"].get_color() != drawn["out-syn/train"].get_color()
     log_fig, _ = plot.make_figure([plot.load_run(run_dir)], [], log_tokens=True)
     assert 0 not in lines(log_fig)["out-syn/val"].get_xdata()  # step 0 has no place on a log axis
+    (live / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # only step 0 (0 tokens) logged so far
+    with pytest.raises(plot.PlotError, match="nothing past step 0"):
+        plot.make_figure([plot.load_run(str(live))], [], log_tokens=True)
 
 
 def test_bad_input_is_named(run_dir, tmp_path):
