@@ -4,7 +4,7 @@ checkpointing, and nanoGPT's model at the same shape as the reference.
     python bench_memory.py --nanogpt_dir=../nanoGPT                        # 4 layers x 256, T=256, B=16
     python bench_memory.py --nanogpt_dir=../nanoGPT --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
         --batch_size=4 --warmup_steps=1 --steps=2                          # GPT-2 small's shape
-    python bench_memory.py --mode=loss                                     # the loss alone: 4,096 x 768 x 50,304
+    python bench_memory.py --mode=loss --n_embd=768 --loss_chunk_rows=512  # the loss alone: 4,096 x 768 x 50,304
     python bench_memory.py --mode=compile                                  # what the chunked op's graph break costs
 
 Each variant runs in its own process, so its peak resident set size (VmHWM) is its own. A step is what

@@ -1,12 +1,14 @@
 """GPT-2's recipe against the modern one, on the same data, model shape and token budget.
 
-    python bench_recipe.py --data_dir=data/fineweb
-    python bench_recipe.py --data_dir=data/fineweb --n_layer=4 --n_embd=256 --block_size=256 --max_iters=100
+    python bench_recipe.py --data_dir=data/fineweb                       # 4 layers x 256, T=256, 2,048 tokens/step, 60 steps
+    python bench_recipe.py --data_dir=data/fineweb --batch_size=16 --max_iters=100 --variants=relu2,softcap
+    python bench_recipe.py --train_runs=False                            # only the time per step of each recipe
 
 Trains every recipe at each of its learning rates with train.py's own loop, then prints, per recipe, the
 learning rate chosen, the val loss at equal tokens and the tokens it needed to reach the tuned GPT-2
-recipe's final val loss; and the time per training step of each recipe, measured with their steps
-interleaved so that both see the same machine load.
+recipe's final val loss; and the time per training step of each recipe (and of its optimizer step alone),
+measured with their steps interleaved so that all see the same machine load. --reuse=True keeps runs that
+finished with the same config, so a wider sweep trains only what is new.
 
 The val split is cut in two: learning rates are chosen on the first half ("select"), every reported
 loss is measured on the second ("report"), so the reported numbers were not tuned on.
@@ -36,19 +38,19 @@ from model import GPT
 from optimizer import make_optimizer
 from train import TrainConfig, model_config, optimizer_settings, train
 
-# Each recipe's keys; the learning rate (of the block matrices) is swept. The modern recipe leaves the logit
-# softcap off: it needs the full logits (the chunked loss cannot apply it), which cost 2.4x the step time
-# at 4 layers x 256 on CPU; "softcap" measures what it would buy. "qwen3" is the option set that exports to
-# transformers' Qwen3 (SwiGLU in place of ReLU squared).
-MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, logit_softcap=0.0,
+# Each recipe's keys; the learning rate (of the block matrices) is swept. "modern" is what config/train_fineweb.py
+# trains: SwiGLU, so that it exports to transformers' Qwen3ForCausalLM. "relu2" is modded-nanogpt's MLP in its
+# place. "softcap" adds a logit softcap, which needs the full logits (the chunked loss cannot apply it).
+MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False, logit_softcap=0.0,
               zero_init_proj=True, bias=False, optimizer="muon", lr_schedule="wsd", cooldown_frac=0.4,
               weight_decay=0.0, beta1=0.8, beta2=0.95)
 RECIPES = {
     "gpt2": dict(optimizer="adamw", lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95),
     "modern": MODERN,
+    "relu2": {**MODERN, "mlp": "relu2"},
     "softcap": {**MODERN, "logit_softcap": 15.0},
-    "qwen3": {**MODERN, "mlp": "swiglu"},
 }
+VARIANTS = ("relu2", "softcap")  # trained at the modern recipe's learning rate unless variant_lrs says otherwise
 
 
 @dataclass
@@ -59,14 +61,14 @@ class RecipeBenchConfig:
     n_head: int = key(4, "attention heads", range="[1, inf)")
     n_embd: int = key(256, "embedding width", range="[1, inf)")
     block_size: int = key(256, "context length", range="[1, inf)")
-    batch_size: int = key(16, "sequences per step (tokens per step = batch_size * block_size)", range="[1, inf)")
-    max_iters: int = key(100, "steps per run (the token budget)", range="[1, inf)")
+    batch_size: int = key(8, "sequences per step (tokens per step = batch_size * block_size)", range="[1, inf)")
+    max_iters: int = key(60, "steps per run (the token budget)", range="[1, inf)")
     warmup_iters: int = key(10, "warmup steps of every recipe", range="[0, inf)")
     eval_interval: int = key(10, "evaluate on the report half every this many steps", range="[1, inf)")
     eval_iters: int = key(4, "batches per evaluation, on each half", range="[1, inf)")
-    gpt2_lrs: str = key("2e-3,4e-3,8e-3", "AdamW learning rates tried for the GPT-2 recipe")
-    modern_lrs: str = key("0.02,0.04", "Muon learning rates tried for the modern recipe")
-    variants: str = key("softcap,qwen3", "variants of the modern recipe to train ('' = none; every recipe is timed)")
+    gpt2_lrs: str = key("5e-4,1e-3,2e-3,4e-3", "AdamW learning rates tried for the GPT-2 recipe")
+    modern_lrs: str = key("0.02", "Muon learning rates tried for the modern recipe")
+    variants: str = key("relu2", "variants of the modern recipe to train ('' = none; every recipe is timed)")
     variant_lrs: str = key("", "Muon learning rates of the variants ('' = the modern recipe's choice)")
     train_runs: bool = key(True, "train and compare the recipes; False = only time their steps")
     reuse: bool = key(False, "keep runs of out_dir that finished with the same config instead of training them again")
@@ -144,7 +146,8 @@ def finished(out_dir: str, cfg: TrainConfig) -> bool:
     if not os.path.exists(path):
         return False
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt["step"] == cfg.max_iters and ckpt["config"] == asdict(cfg)
+    defaults = asdict(TrainConfig())  # a key train.py gained since that run counts at its default
+    return ckpt["step"] == cfg.max_iters and {**defaults, **ckpt["config"]} == asdict(cfg)
 
 
 def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
@@ -155,8 +158,9 @@ def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | No
     return None
 
 
-def time_steps(b: RecipeBenchConfig, chosen: dict[str, dict]) -> dict[str, float]:
-    """Median ms per training step of each recipe, one step of each in turn (same load for all)."""
+def time_steps(b: RecipeBenchConfig, chosen: dict[str, dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """Median ms per training step of each recipe, and of its optimizer step alone, one step of each recipe in
+    turn (same load for all)."""
     device, (dtype, _) = b.device, hardware.pick_dtype(b.dtype, b.device)
     amp = hardware.autocast(device, dtype)
     steppers = {}
@@ -168,23 +172,31 @@ def time_steps(b: RecipeBenchConfig, chosen: dict[str, dict]) -> dict[str, float
         steppers[recipe] = (model, optimizer)
     x = torch.randint(0, 50257, (b.batch_size, b.block_size + 1), device=device)
 
-    def step(model, optimizer):
+    def step(model, optimizer) -> float:
+        """One training step; returns the seconds its optimizer step took."""
         with amp:
             _, loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         hardware.synchronize(device)
+        t = time.perf_counter()
+        optimizer.step()
+        hardware.synchronize(device)
+        t_opt = time.perf_counter() - t
+        optimizer.zero_grad(set_to_none=True)
+        return t_opt
 
     times = {recipe: [] for recipe in steppers}
+    opt_times = {recipe: [] for recipe in steppers}
     for i in range(b.timing_steps + 2):  # two untimed warm-up rounds
         for recipe, (model, optimizer) in steppers.items():
             t = time.perf_counter()
-            step(model, optimizer)
+            t_opt = step(model, optimizer)
             if i >= 2:
                 times[recipe].append((time.perf_counter() - t) * 1000)
-    return {recipe: statistics.median(ts) for recipe, ts in times.items()}
+                opt_times[recipe].append(t_opt * 1000)
+    median = lambda d: {recipe: statistics.median(ts) for recipe, ts in d.items()}  # noqa: E731
+    return median(times), median(opt_times)
 
 
 def parse_lrs(text: str) -> list[float]:
@@ -196,16 +208,17 @@ def parse_lrs(text: str) -> list[float]:
 
 def parse_variants(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in names if v not in RECIPES or v in ("gpt2", "modern")]
+    unknown = [v for v in names if v not in VARIANTS]
     if unknown:
-        raise ConfigError(f"variants: unknown {unknown}; choose from {[r for r in RECIPES if r not in ('gpt2', 'modern')]}")
+        raise ConfigError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
     return names
 
 
 def time_only(b: RecipeBenchConfig) -> dict[str, float]:
-    ms = time_steps(b, {recipe: {"lr": 0.01} for recipe in RECIPES})  # the learning rate does not change the time
+    ms, opt_ms = time_steps(b, {recipe: {"lr": 0.01} for recipe in RECIPES})  # the lr does not change the time
     for recipe, t in ms.items():
-        print(f"{recipe:8s} {t:7.0f} ms/step  {t / ms['gpt2']:.2f}x GPT-2's", flush=True)
+        print(f"{recipe:8s} {t:7.0f} ms/step  {t / ms['gpt2']:.2f}x GPT-2's  (optimizer step {opt_ms[recipe]:.0f} ms)",
+              flush=True)
     return ms
 
 
@@ -226,7 +239,8 @@ def main(b: RecipeBenchConfig) -> dict:
     target = chosen["gpt2"]["final_loss"]
     gpt2_tokens = tokens_to_reach(chosen["gpt2"]["curve"], target)
     # every recipe is timed (the learning rate does not change the time), trained or not
-    ms = time_steps(b, {recipe: chosen.get(recipe, {"lr": 0.01}) for recipe in RECIPES}) if b.timing_steps else {}
+    ms, opt_ms = time_steps(b, {recipe: chosen.get(recipe, {"lr": 0.01}) for recipe in RECIPES}) \
+        if b.timing_steps else ({}, {})
     print(f"\nchosen on the select half; losses on the report half; target = GPT-2 recipe's final val {target:.4f}")
     print("| recipe | lr | val loss at end | tokens to reach target | vs GPT-2 | ms/step | vs GPT-2 |")
     print("|---|---|---|---|---|---|---|")
@@ -238,13 +252,15 @@ def main(b: RecipeBenchConfig) -> dict:
         print(f"| {recipe} | {r['lr']:g} | {r['final_loss']:.4f} | {reach_text} | {time_text} |")
     for recipe in (r for r in ms if r not in chosen):
         print(f"| {recipe} | not trained | - | - | - | {ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x |")
+    if opt_ms:
+        print("of which the optimizer step: " + ", ".join(f"{r} {t:.0f} ms" for r, t in opt_ms.items()))
     print("\nval loss (report half) against tokens:")
     steps = [t for t, _ in chosen["gpt2"]["curve"]]
     print("tokens   " + " ".join(f"{recipe:>8s}" for recipe in chosen))
     for i, tokens in enumerate(steps):
         print(f"{tokens:<8,d} " + " ".join(f"{r['curve'][i][1]:8.4f}" for r in chosen.values()))
     results = {"config": asdict(b), "runs": runs, "chosen": {k: v["lr"] for k, v in chosen.items()},
-               "target": target, "ms_per_step": ms, "threads": torch.get_num_threads()}
+               "target": target, "ms_per_step": ms, "optimizer_ms_per_step": opt_ms, "threads": torch.get_num_threads()}
     write_json(os.path.join(b.out_dir, "results.json"), results)
     return results
 

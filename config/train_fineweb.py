@@ -1,7 +1,8 @@
 # GPT-2 small's shape on FineWeb with the modern recipe: the first run on one 12 GB GPU (RTX 4070),
-# scaling to 8 GPUs unchanged. Rotary positions, RMSNorm, QK-norm, ReLU² MLP, untied output head,
+# scaling to 8 GPUs unchanged. Rotary positions, RMSNorm, QK-norm, SwiGLU MLP, untied output head,
 # zero-initialised residual projections, no biases; Muon for the block matrices and AdamW for the rest;
-# warmup, constant learning rate, then a linear cooldown (WSD). docs/benchmarks.md has the CPU
+# warmup, constant learning rate, then a linear cooldown (WSD). This option set is Qwen3's, so export.py
+# writes a transformers Qwen3ForCausalLM (modded-nanogpt's ReLU² MLP scored no better at equal tokens). docs/benchmarks.md has the CPU
 # comparison with config/train_gpt2.py (GPT-2's own recipe) behind this choice.
 #   model: 12 layers, 12 heads, n_embd 768, context 1024: 162.2M parameters
 #          (38.6M token embedding + 38.6M output head + 85.0M in the blocks; the untied head adds
@@ -33,7 +34,7 @@ dropout = 0.0
 pos_emb = "rope"
 norm = "rmsnorm"
 qk_norm = True
-mlp = "relu2"
+mlp = "swiglu"
 tie_embeddings = False
 logit_softcap = 0.0      # a softcap needs the full logits; it did not pay for its time at the measured scale
 zero_init_proj = True

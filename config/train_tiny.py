@@ -1,7 +1,7 @@
 # A tiny GPT with the modern recipe of config/train_fineweb.py that trains on CPU in a couple of minutes:
 # a smoke test of the whole pipeline, and the config the README's offline quickstart uses.
 # config/train_tiny_gpt2.py is the same shape with GPT-2's recipe. 4 layers, 4 heads, n_embd 128,
-# context 128: 13.7M parameters (6.4M token embedding + 6.4M output head + 0.8M in the blocks),
+# context 128: 13.7M parameters (6.4M token embedding + 6.4M output head + 0.85M in the blocks),
 # 1,024 tokens per step (8 sequences x 128 tokens).
 out_dir = "out-tiny"
 dataset = "fineweb"
@@ -20,7 +20,7 @@ dropout = 0.0
 pos_emb = "rope"
 norm = "rmsnorm"
 qk_norm = True
-mlp = "relu2"
+mlp = "swiglu"
 tie_embeddings = False
 zero_init_proj = True
 bias = False

@@ -120,6 +120,7 @@ def test_cpu_takes_a_fixed_size_that_divides_the_update_and_says_why():
     assert autobatch.largest_at_most(autobatch.divisors(30), 7) == 6
 
 
+@pytest.mark.slow  # three training runs: in the full suite, out of the quick subset
 def test_train_with_batch_size_auto_on_cpu_and_resume_keeps_the_stored_choice(synthetic_shards, tmp_path, capsys,
                                                                                 monkeypatch):
     common = ["--batch_size=auto", "--total_batch_size=512", "--eval_interval=2"]  # 16 sequences of 32 tokens

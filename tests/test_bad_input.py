@@ -133,6 +133,7 @@ def run_dir(synthetic_shards, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a training run and transformers' import: in the full suite, out of the quick subset
 def test_export_refuses_a_file_a_training_run_and_a_non_empty_folder(run_dir, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("keep me")
