@@ -66,7 +66,7 @@ class EvalConfig:
     limit: int = key(0, "score only the first this many items (0 = all)", range="[0, inf)")
     batch_size: int = key(8, "items per forward pass (4 sequences each)", range="[1, inf)")
     device: str = key("auto", "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
-    dtype: str = key("float32", "'float32' (as the harness's published scores), or 'auto' / 'bfloat16' / 'float16' "
+    dtype: str = key("float32", "'float32' (no autocast), or 'auto' / 'bfloat16' / 'float16' "
                      "autocast: faster on a GPU, and a near tie between endings can then flip",
                      choices=hardware.DTYPES)
     progress: bool = key(True, "show a progress bar")

@@ -1,0 +1,49 @@
+"""bench_recipe.py: learning rates chosen on the select half, losses reported from the other, finished runs reused."""
+import json
+import os
+
+import pytest
+import torch
+
+import bench_recipe
+from configurator import ConfigError
+
+
+def test_tokens_to_reach_interpolates_between_evaluations():
+    curve = [(0, 10.0), (100, 8.0), (200, 6.0)]
+    assert bench_recipe.tokens_to_reach(curve, 7.0) == 150.0
+    assert bench_recipe.tokens_to_reach(curve, 8.0) == 100.0
+    assert bench_recipe.tokens_to_reach(curve, 5.0) is None  # never reached: said, not extrapolated
+
+
+def test_an_unknown_variant_is_named():
+    with pytest.raises(ConfigError, match=r"variants: unknown \['qwen'\]; choose from \['relu2', 'softcap'\]"):
+        bench_recipe.parse_variants("relu2,qwen")
+
+
+@pytest.mark.slow  # three tiny training runs and the timing rounds
+def test_chooses_on_select_reports_on_report_and_reuses_finished_runs(synthetic_shards, tmp_path):
+    args = [f"--data_dir={synthetic_shards}", f"--out_dir={tmp_path}", "--n_layer=1", "--n_head=2", "--n_embd=32",
+            "--block_size=32", "--batch_size=4", "--max_iters=6", "--warmup_iters=1", "--eval_interval=3",
+            "--eval_iters=2", "--gpt2_lrs=1e-4,3e-3", "--modern_lrs=0.02", "--variants=", "--timing_steps=1"]
+    cfg = bench_recipe.parse_config(bench_recipe.RecipeBenchConfig, args)
+    results = bench_recipe.main(cfg)
+    gpt2 = [r for r in results["runs"] if r["recipe"] == "gpt2"]
+    assert results["chosen"]["gpt2"] == min(gpt2, key=lambda r: r["select_loss"])["lr"]
+    for run in results["runs"]:  # every reported curve is the run's own report-half evaluations
+        rows = [json.loads(line) for line in open(tmp_path / f"{run['recipe']}-lr{run['lr']:g}" / "metrics.jsonl")]
+        assert [tuple(p) for p in run["curve"]] == [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
+        assert run["select_loss"] != run["final_loss"]  # two different halves of the val split
+    assert results["target"] == min(gpt2, key=lambda r: r["select_loss"])["final_loss"]
+    assert set(results["ms_per_step"]) == set(bench_recipe.RECIPES)  # untrained variants are timed too
+
+    # a run that finished before train.py gained a key (here: val_batch_size) is kept, not trained again
+    ckpt_path = tmp_path / "modern-lr0.02" / "ckpt.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["config"]["val_batch_size"]
+    torch.save(ckpt, ckpt_path)
+    stamps = {d: os.path.getmtime(tmp_path / d / "metrics.jsonl") for d in ("modern-lr0.02", "gpt2-lr0.003")}
+    again = bench_recipe.main(bench_recipe.parse_config(bench_recipe.RecipeBenchConfig,
+                                                        [*args, "--reuse=True", "--timing_steps=0"]))
+    assert stamps == {d: os.path.getmtime(tmp_path / d / "metrics.jsonl") for d in stamps}
+    assert [r["final_loss"] for r in again["runs"]] == [r["final_loss"] for r in results["runs"]]
