@@ -4,7 +4,7 @@
     python bench.py config/train_tiny.py --device=cpu
 
 Runs full optimizer steps (forward, backward, clip, the config's optimizer) on random tokens held on the device, so
-the number is the model's speed, not the disk's (bench the loader with data/fineweb/bench_prepare.py).
+the number is the model's speed, not the disk's (bench the loader with bench/prepare.py).
 Each step uses bench_micro_steps micro-batches of the config's batch_size x block_size.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-import autobatch
-import hardware
+from fineweb_gpt import autobatch
+from fineweb_gpt import hardware
 from configurator import ConfigError, key, parse_config
 from model import GPT
-from optimizer import make_optimizer
+from fineweb_gpt.optimizer import make_optimizer
 from train import TrainConfig, model_config, optimizer_settings  # the training config keys, so config/*.py files read unchanged
 
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 import torch
 
-import hardware
-import tokenizer
-from checkpoint import CheckpointError, load_model, resolve
+from fineweb_gpt import hardware
+from fineweb_gpt import tokenizer
+from fineweb_gpt.checkpoint import CheckpointError, load_model, resolve
 from configurator import check_values, cli, key
-from hf_interop import GPT2_MODELS, from_pretrained
+from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
 from model import GPT
 
 HELLASWAG_HUB_ID = "Rowan/hellaswag"  # the dataset lm-evaluation-harness loads

@@ -18,10 +18,10 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-import tokenizer
-from checkpoint import CheckpointError, load_model, resolve
+from fineweb_gpt import tokenizer
+from fineweb_gpt.checkpoint import CheckpointError, load_model, resolve
 from configurator import cli, key
-from hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
+from fineweb_gpt.hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
 
 
 @dataclass

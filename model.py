@@ -14,10 +14,10 @@ Options, each picking a module in __init__ so forward reads the same for every c
   logit_softcap=c       logits = c * tanh(logits / c) (Gemma 2)
   zero_init_proj=True   the projections into the residual stream start at zero (modded-nanogpt)
 The modern recipe (config/train_fineweb.py) uses the modded-nanogpt / nanochat family of these; with
-rope + rmsnorm + qk_norm + swiglu and no bias or softcap the model is a Qwen3 model (hf_interop.py).
+rope + rmsnorm + qk_norm + swiglu and no bias or softcap the model is a Qwen3 model (fineweb_gpt/hf_interop.py).
 
 Attention runs through torch's scaled_dot_product_attention and can write into a preallocated KV cache
-(KVCache) so that generation (generation.py) feeds one new token per step. The training loss runs the
+(KVCache) so that generation (fineweb_gpt/generation.py) feeds one new token per step. The training loss runs the
 output head and the cross-entropy together in chunks (torch's linear_cross_entropy), so the
 (tokens x vocab) logits are never held at once. This file depends on torch alone.
 """

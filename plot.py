@@ -71,8 +71,8 @@ def read_metrics(path: str) -> list[dict]:
 
 def describe_data(config: dict, record: dict) -> tuple[str | None, bool]:
     """(tokenizer name, trained on FineWeb) from config.json; older runs' tokenizer from the data's meta.json."""
-    import tokenizer
-    from dataloader import read_meta
+    from fineweb_gpt import tokenizer
+    from fineweb_gpt.dataloader import read_meta
     data_dir = config.get("data_dir") or os.path.join(REPO, "data", config.get("dataset", ""))
     meta = read_meta(data_dir) if os.path.isdir(data_dir) else {}
     name = (record.get("tokenizer") or {}).get("name")

@@ -24,19 +24,19 @@ from typing import NoReturn
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import autobatch
-import distributed
-import hardware
-import tokenizer
-from atomic import atomic_write, publish_copy, write_json
-from checkpoint import (BEST, LATEST, CheckpointError, build_model, check_resumable, load_checkpoint, rng_state,
+from fineweb_gpt import autobatch
+from fineweb_gpt import distributed
+from fineweb_gpt import hardware
+from fineweb_gpt import tokenizer
+from fineweb_gpt.atomic import atomic_write, publish_copy, write_json
+from fineweb_gpt.checkpoint import (BEST, LATEST, CheckpointError, build_model, check_resumable, load_checkpoint, rng_state,
                         save_checkpoint, set_rng_state)
 from configurator import ConfigError, check_values, format_config, key, parse_config
-from dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
-from distributed import Env
-from hf_interop import GPT2_MODELS, from_pretrained
+from fineweb_gpt.dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
+from fineweb_gpt.distributed import Env
+from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
 from model import MLPS, NORMS, POS_EMBS, GPT, GPTConfig
-from optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
+from fineweb_gpt.optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 

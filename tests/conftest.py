@@ -12,6 +12,17 @@ PARQUET_DIR = os.path.join(SHARED, "fineweb", "fineweb_legal_pilot_batches")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "data", "fineweb"))
 
+
+def load_script(path: str):
+    """Import a script that is run by path (bench/recipe.py), without putting its folder on sys.path."""
+    import importlib.util
+    name = path.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
 # tiktoken reads a pre-filled cache named by the sha1 of each file's download URL (shared/data/README.md)
 _BPE_FILES = {"6d1cbeee0f20b3d9449abfede4726ed8212e3aee": "vocab.bpe",
               "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6": "encoder.json",
@@ -97,7 +108,7 @@ def synthetic_shards(tmp_path_factory):
     4 equally likely successors): learnable like text (loss falls far below ln(vocab) within tens of
     steps), built in a fraction of a second, no tokenizer or ../shared/data needed. No meta.json, like
     llm.c's shards, so the tokenizer is taken to be GPT-2's."""
-    from dataloader import header_for
+    from fineweb_gpt.dataloader import header_for
     rng = np.random.default_rng(0)
     vocab, successors = rng.choice(50257, 512, replace=False), rng.integers(0, 512, (512, 4))
     picks = rng.integers(0, 4, 220_000)

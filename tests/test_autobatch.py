@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-import autobatch
+from fineweb_gpt import autobatch
 import train
 from configurator import ConfigError
-from distributed import Env
+from fineweb_gpt.distributed import Env
 from conftest import metrics, run_train, tiny_model
-from optimizer import OptimizerSettings, make_optimizer
+from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
 
 BLOCK = 16
 

@@ -21,9 +21,9 @@ import export
 import prepare
 import sample
 import train
-from checkpoint import load_checkpoint
+from fineweb_gpt.checkpoint import load_checkpoint
 from conftest import ROOT, TINY, losses, metrics, run_train
-from dataloader import header_for
+from fineweb_gpt.dataloader import header_for
 from model import GPT, GPTConfig
 
 
@@ -200,9 +200,9 @@ def test_a_nanogpt_checkpoint_samples_but_does_not_resume(synthetic_shards, tikt
     texts = sample.sample(parse_config(sample.SampleConfig, [f"--out_dir={tmp_path}", "--device=cpu", "--num_samples=1",
                                                              "--max_new_tokens=5", "--temperature=0", "--start=Hi",
                                                              "--stop_at_eot=False"]))
-    from generation import generate
+    from fineweb_gpt.generation import generate
     expected = torch.cat(list(generate(ours.eval(), torch.tensor([[17250]]), 5, temperature=0)), 1)  # "Hi" = 17250
-    from tokenizer import load_encoding
+    from fineweb_gpt.tokenizer import load_encoding
     assert texts == [load_encoding("gpt2").decode([17250, *expected[0].tolist()])]
 
 
@@ -323,7 +323,7 @@ def test_kill_9_while_a_checkpoint_is_written_keeps_the_previous_one(synthetic_s
 # ----------------------------------------------------------------------------- review follow-ups
 
 def test_auto_decides_from_what_every_rank_sees(tmp_path):
-    from distributed import Env
+    from fineweb_gpt.distributed import Env
 
     class TwoRanks(Env):
         def gather(self, obj):  # rank 0 sees out_dir/ckpt.pt, rank 1 (another node) does not

@@ -1,4 +1,4 @@
-"""bench_memory.py runs each variant in its own process and prints a table (tiny shapes; the real ones are slow)."""
+"""bench/memory.py runs each variant in its own process and prints a table (tiny shapes; the real ones are slow)."""
 import subprocess
 import sys
 
@@ -11,7 +11,7 @@ TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_
 
 
 def bench(*args):
-    return subprocess.run([sys.executable, "bench_memory.py", *TINY, *args], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "bench/memory.py", *TINY, *args], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.mark.slow

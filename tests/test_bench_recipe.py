@@ -1,11 +1,13 @@
-"""bench_recipe.py: learning rates chosen on the select half, losses reported from the other, finished runs reused."""
+"""bench/recipe.py: learning rates chosen on the select half, losses reported from the other, finished runs reused."""
 import json
 import os
 
 import pytest
 import torch
 
-import bench_recipe
+from conftest import load_script
+
+bench_recipe = load_script("bench/recipe.py")
 from configurator import ConfigError
 
 

@@ -6,7 +6,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import checkpoint
+from fineweb_gpt import checkpoint
 from conftest import run_train
 from model import GPT, GPTConfig
 

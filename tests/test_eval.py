@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import eval as hellaswag
-import tokenizer
-from checkpoint import save_checkpoint
+from fineweb_gpt import tokenizer
+from fineweb_gpt.checkpoint import save_checkpoint
 from model import GPT, GPTConfig
 
 # Items in the Hub dataset's schema (Rowan/hellaswag: label is a string there), one of them WikiHow-style
@@ -102,7 +102,7 @@ def test_scores_follow_the_models_preference(preferring_run, capsys):
 
 
 def test_log_likelihoods_equal_the_hf_exports(preferring_run, tiktoken_cache):
-    from hf_interop import to_hf_model
+    from fineweb_gpt.hf_interop import to_hf_model
     model, _, _ = preferring_run
     enc = tokenizer.load_encoding("gpt2")
     ours = hellaswag.score(model, enc, ITEMS, "cpu", torch.autocast("cpu", enabled=False), batch_size=2)

@@ -4,7 +4,7 @@ import torch
 
 from conftest import OPTION_SETS, scrambled_model
 from conftest import tiny_model as tiny
-from generation import generate, sample_next
+from fineweb_gpt.generation import generate, sample_next
 
 
 @pytest.mark.parametrize("options", OPTION_SETS)

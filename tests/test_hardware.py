@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-import hardware
+from fineweb_gpt import hardware
 
 
 def test_cpu_defaults_are_fp32_and_eager_with_reasons():

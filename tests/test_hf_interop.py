@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hf_interop import from_hf, from_pretrained, to_hf_state_dict
+from fineweb_gpt.hf_interop import from_hf, from_pretrained, to_hf_state_dict
 
 
 def _tiny_hf():
@@ -47,7 +47,7 @@ def test_export_computes_our_logits(options, tied):
     # padded vocabulary (320 rows) exported as the tokenizer's 300; random weights everywhere
     pytest.importorskip("transformers", reason="transformers is needed for the export parity tests")
     from conftest import OPTION_SETS, scrambled_model
-    from hf_interop import hf_architecture, to_hf_model
+    from fineweb_gpt.hf_interop import hf_architecture, to_hf_model
     extra = {"rope_theta": 5e5} if options == "qwen3" else {}  # a base other than the default reaches the config
     model = scrambled_model(**{**OPTION_SETS[options], "tie_embeddings": tied, **extra}, vocab_size=320)
     hf = to_hf_model(model, vocab_size=300)
@@ -60,7 +60,7 @@ def test_export_computes_our_logits(options, tied):
 
 def test_an_option_set_no_architecture_computes_is_refused_by_name():
     from conftest import OPTION_SETS
-    from hf_interop import hf_architecture
+    from fineweb_gpt.hf_interop import hf_architecture
     from model import GPTConfig
     with pytest.raises(ValueError, match=r"Qwen3ForCausalLM differs in mlp='relu2' \(needs 'swiglu'\), "
                                          r"logit_softcap=15.0 \(needs 0.0\)"):

@@ -4,7 +4,7 @@ import re
 
 import train
 from conftest import losses, metrics, run_train
-from dataloader import ValSet, read_meta
+from fineweb_gpt.dataloader import ValSet, read_meta
 
 
 def test_val_bytes_are_the_evaluated_targets_text(shards, tiktoken_cache):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-import checkpoint
+from fineweb_gpt import checkpoint
 from conftest import ROOT, TINY, losses, metrics, run_train
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ import torch
 
 from conftest import OPTION_SETS
 from conftest import tiny_model as tiny
-from optimizer import OptimizerSet, OptimizerSettings, make_optimizer, param_groups
+from fineweb_gpt.optimizer import OptimizerSet, OptimizerSettings, make_optimizer, param_groups
 from train import TrainConfig, get_lr
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import prepare
 from configurator import parse_config
-from dataloader import open_shard, read_header
+from fineweb_gpt.dataloader import open_shard, read_header
 
 
 def run(*args, **kw):
@@ -92,7 +92,7 @@ def test_interrupted_run_resumes_to_byte_identical_shards(tiktoken_cache, parque
     assert not (cut / "meta.json").exists()
     assert not glob.glob(str(cut / "*.tmp"))  # nothing half-written is left behind
     with pytest.raises(Exception, match="interrupted before it finished"):
-        from dataloader import find_shards
+        from fineweb_gpt.dataloader import find_shards
         find_shards(str(cut), "train")
     meta = run(*args, f"--out_dir={cut}")
     assert shard_bytes(cut) == shard_bytes(tmp_path / "whole")

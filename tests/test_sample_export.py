@@ -10,10 +10,10 @@ import torch
 import export
 import sample
 import train
-from checkpoint import load_model
+from fineweb_gpt.checkpoint import load_model
 from configurator import parse_config
 from conftest import ROOT, TINY
-from generation import generate
+from fineweb_gpt.generation import generate
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_init_from_gpt2_in_sample_and_train(fake_gpt2_hub, shards, tiktoken_cach
 def test_export_refuses_an_option_set_transformers_cannot_compute(tmp_path):
     from dataclasses import asdict
 
-    from checkpoint import save_checkpoint
+    from fineweb_gpt.checkpoint import save_checkpoint
     from conftest import OPTION_SETS, tiny_model
     from export import ExportConfig, ExportError, export
     model = tiny_model(**OPTION_SETS["modern"])

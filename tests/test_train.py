@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-import checkpoint
+from fineweb_gpt import checkpoint
 import train
 from configurator import ConfigError, parse_config
 from conftest import ROOT, TINY, losses, metrics, run_train

@@ -29,10 +29,10 @@ from typing import Iterator
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import tokenizer  # noqa: E402
-from atomic import AtomicFile, write_json  # noqa: E402
+from fineweb_gpt import tokenizer  # noqa: E402
+from fineweb_gpt.atomic import AtomicFile, write_json  # noqa: E402
 from configurator import ConfigError, check_values, cli, key  # noqa: E402
-from dataloader import PREPARE_STATE, header_for  # noqa: E402
+from fineweb_gpt.dataloader import PREPARE_STATE, header_for  # noqa: E402
 from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
                      parquet_rows, prefetch, read_jsonl, read_parquet, read_txt, stream_hf_dataset)
 

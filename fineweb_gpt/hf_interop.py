@@ -155,7 +155,7 @@ def write_gpt2_tokenizer(hf_dir: str) -> None:
     """GPT-2's vocab.json and merges.txt (tiktoken's encoder.json and vocab.bpe), plus tokenizer.json."""
     from transformers import GPT2TokenizerFast
 
-    import tokenizer
+    from fineweb_gpt import tokenizer
     files = tokenizer.gpt2_bpe_files()
     for hf_name, tiktoken_name in (("vocab.json", "encoder.json"), ("merges.txt", "vocab.bpe")):
         with open(os.path.join(hf_dir, hf_name), "wb") as f:

@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 
 import torch
 
-import hardware
-from checkpoint import rng_state, set_rng_state
+from fineweb_gpt import hardware
+from fineweb_gpt.checkpoint import rng_state, set_rng_state
 
 # Fraction of GPU memory the probe leaves unused: room for what a few probe steps do not show (allocator
 # fragmentation over a long run, DDP's gradient buckets, torch.compile's workspaces, eval).

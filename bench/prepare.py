@@ -1,6 +1,6 @@
 """Benchmark the data pipeline: prepare.py vs raw tiktoken, peak memory, and loader speed.
 
-    python data/fineweb/bench_prepare.py --input=../shared/data/fineweb/fineweb_legal_pilot_batches --synthetic_gb=2
+    python bench/prepare.py --input=../shared/data/fineweb/fineweb_legal_pilot_batches --synthetic_gb=2
 
 1. raw: tiktoken's encode_ordinary_batch on all cores over the input texts, already in memory
 2. prepare.py on the input (a subprocess: wall time, its own tokens/s, peak RSS)
@@ -23,13 +23,14 @@ import time
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # run as a script: the repository root holds configurator.py and fineweb_gpt/
 from configurator import cli, key  # noqa: E402
 
 
 @dataclass
 class BenchPrepareConfig:
-    input: str = key(os.path.join(HERE, "..", "..", "..", "shared", "data", "fineweb", "fineweb_legal_pilot_batches"),
+    input: str = key(os.path.join(ROOT, "..", "shared", "data", "fineweb", "fineweb_legal_pilot_batches"),
                      "a parquet file or a folder of them (a 'text' column)")
     synthetic_gb: float = key(2.0, "size of the synthetic parquet file built from the input (0 = skip)",
                               range="[0, inf)")
@@ -56,7 +57,7 @@ def raw_tiktoken(texts: list[str]) -> float:
 
 def run_prepare(inp: str, out: str, *extra: str) -> dict:
     t = time.time()
-    r = subprocess.run([sys.executable, os.path.join(HERE, "prepare.py"), f"--input={inp}", f"--out_dir={out}",
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "data", "fineweb", "prepare.py"), f"--input={inp}", f"--out_dir={out}",
                         "--progress=False", "--overwrite=True", *extra], capture_output=True, text=True)
     wall = time.time() - t
     if r.returncode:
@@ -88,7 +89,7 @@ def build_synthetic(texts: list[str], path: str, gb: float, rows_per_group: int)
 
 
 def loader_speed(data_dir: str, n: int = 300) -> float:
-    from dataloader import TrainLoader
+    from fineweb_gpt.dataloader import TrainLoader
     loader = TrainLoader(data_dir, 16, 1024, seed=0)
     loader.next_batch()
     t = time.time()
@@ -98,7 +99,7 @@ def loader_speed(data_dir: str, n: int = 300) -> float:
 
 
 def main() -> None:
-    cfg = cli(BenchPrepareConfig, "bench_prepare.py")
+    cfg = cli(BenchPrepareConfig, "bench/prepare.py")
     inp, gb, rows = os.path.expanduser(cfg.input), cfg.synthetic_gb, cfg.rows_per_group
     work = cfg.work_dir or tempfile.mkdtemp(prefix="bench_prepare_")
     texts = read_texts(inp)

@@ -1,8 +1,8 @@
 """GPT-2's recipe against the modern one, on the same data, model shape and token budget.
 
-    python bench_recipe.py --data_dir=data/fineweb                       # 4 layers x 256, T=256, 2,048 tokens/step, 60 steps
-    python bench_recipe.py --data_dir=data/fineweb --batch_size=16 --max_iters=100 --variants=relu2,softcap
-    python bench_recipe.py --train_runs=False                            # only the time per step of each recipe
+    python bench/recipe.py --data_dir=data/fineweb                       # 4 layers x 256, T=256, 2,048 tokens/step, 60 steps
+    python bench/recipe.py --data_dir=data/fineweb --batch_size=16 --max_iters=100 --variants=relu2,softcap
+    python bench/recipe.py --train_runs=False                            # only the time per step of each recipe
 
 Trains every recipe at each of its learning rates with train.py's own loop, then prints, per recipe, the
 learning rate chosen, the val loss at equal tokens and the tokens it needed to reach the tuned GPT-2
@@ -26,16 +26,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root, when run as bench/recipe.py
+
 import numpy as np
 import torch
 
-import hardware
-from atomic import atomic_write, write_json
-from checkpoint import load_model
+from fineweb_gpt import hardware
+from fineweb_gpt.atomic import atomic_write, write_json
+from fineweb_gpt.checkpoint import load_model
 from configurator import ConfigError, key, parse_config
-from dataloader import ValSet, find_shards, header_for, open_shard
+from fineweb_gpt.dataloader import ValSet, find_shards, header_for, open_shard
 from model import GPT
-from optimizer import make_optimizer
+from fineweb_gpt.optimizer import make_optimizer
 from train import TrainConfig, model_config, optimizer_settings, train
 
 # Each recipe's keys; the learning rate (of the block matrices) is swept. "modern" is what config/train_fineweb.py
@@ -267,6 +269,6 @@ def main(b: RecipeBenchConfig) -> dict:
 
 if __name__ == "__main__":
     try:
-        main(parse_config(RecipeBenchConfig, sys.argv[1:], "bench_recipe.py"))
+        main(parse_config(RecipeBenchConfig, sys.argv[1:], "bench/recipe.py"))
     except (ConfigError, ValueError) as e:
-        sys.exit(f"bench_recipe.py: error: {e}")
+        sys.exit(f"bench/recipe.py: error: {e}")

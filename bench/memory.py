@@ -1,11 +1,11 @@
 """Peak memory and speed of a CPU training step: plain loss, chunked loss, chunked loss + activation
 checkpointing, and nanoGPT's model at the same shape as the reference.
 
-    python bench_memory.py --nanogpt_dir=../nanoGPT                        # 4 layers x 256, T=256, B=16
-    python bench_memory.py --nanogpt_dir=../nanoGPT --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
+    python bench/memory.py --nanogpt_dir=../nanoGPT                        # 4 layers x 256, T=256, B=16
+    python bench/memory.py --nanogpt_dir=../nanoGPT --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
         --batch_size=4 --warmup_steps=1 --steps=2                          # GPT-2 small's shape
-    python bench_memory.py --mode=loss --n_embd=768 --loss_chunk_rows=512  # the loss alone: 4,096 x 768 x 50,304
-    python bench_memory.py --mode=compile                                  # what the chunked op's graph break costs
+    python bench/memory.py --mode=loss --n_embd=768 --loss_chunk_rows=512  # the loss alone: 4,096 x 768 x 50,304
+    python bench/memory.py --mode=compile                                  # what the chunked op's graph break costs
 
 Each variant runs in its own process, so its peak resident set size (VmHWM) is its own. A step is what
 train.py does: forward, backward, gradient clipping and the optimizer step (our fused AdamW; nanoGPT's
@@ -27,12 +27,14 @@ import sys
 import time
 from dataclasses import dataclass
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root, when run as bench/memory.py
+
 import torch
 import torch.nn.functional as F
 
 from configurator import ConfigError, key, parse_config
 from model import GPT, LOSS_CHUNK_ROWS, GPTConfig
-from optimizer import OptimizerSettings, make_optimizer
+from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
 
 MODES = {  # the variants each mode compares, in table order
     "step": ("plain", "chunked", "chunked+ckpt", "nanogpt"),
@@ -232,7 +234,7 @@ def combine(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    cfg = parse_config(MemoryBenchConfig, argv, "bench_memory.py")
+    cfg = parse_config(MemoryBenchConfig, argv, "bench/memory.py")
     if cfg.variant:
         return run_variant(cfg)
     names = chosen_variants(cfg)
@@ -248,4 +250,4 @@ if __name__ == "__main__":
     try:
         main(sys.argv[1:])
     except ConfigError as e:
-        sys.exit(f"bench_memory.py: error: {e}")
+        sys.exit(f"bench/memory.py: error: {e}")

@@ -1,7 +1,7 @@
 """Generation speed with and without the KV cache: tokens/s for GPT-2 124M at several lengths.
 
-    python bench_sample.py                                  # CPU or the auto-detected GPU
-    python bench_sample.py --lengths=256,512,1024 --compile=True --device=cuda
+    python bench/sample.py                                  # CPU or the auto-detected GPU
+    python bench/sample.py --lengths=256,512,1024 --compile=True --device=cuda
 
 A randomly initialised 124M model (speed does not depend on the weights) continues a 16-token
 prompt greedily, batch 1, never stopping early; its block_size is widened from 1024 to fit prompt +
@@ -10,14 +10,18 @@ context (nanoGPT's sample.py); with it each step processes one token.
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root, when run as bench/sample.py
+
 import torch
 
-import hardware
+from fineweb_gpt import hardware
 from configurator import cli, key
-from generation import generate
+from fineweb_gpt.generation import generate
 from model import GPT, GPTConfig
 
 
@@ -42,7 +46,7 @@ def time_generation(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool, d
 
 
 def main() -> None:
-    cfg = cli(BenchSampleConfig, "bench_sample.py")
+    cfg = cli(BenchSampleConfig, "bench/sample.py")
     device, _ = hardware.pick_device(cfg.device)
     dtype, _ = hardware.pick_dtype(cfg.dtype, device)
     torch.manual_seed(0)

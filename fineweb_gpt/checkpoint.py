@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from atomic import atomic_write
+from fineweb_gpt.atomic import atomic_write
 from model import GPT, GPTConfig
 
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"

@@ -252,7 +252,7 @@ class ValSet:
         meta.json names that tokenizer and records each val shard's text bytes, against which the token
         lengths are checked over the whole shard (a wrong tokenizer record would not add up). Shards
         without those records (llm.c's) leave text_bytes None: bits per byte n/a, never a guess."""
-        from tokenizer import TokenizerError, describe, token_byte_lengths
+        from fineweb_gpt.tokenizer import TokenizerError, describe, token_byte_lengths
         recorded = {s["file"]: s.get("text_bytes") for s in meta.get("shards", []) if s.get("split") == "val"}
         names = [os.path.basename(p) for p in self.paths]
         if not meta:
