@@ -18,6 +18,7 @@ import torch
 from fineweb_gpt import autobatch
 from fineweb_gpt import hardware
 from configurator import ConfigError, key, parse_config
+from fineweb_gpt.errors import UserError
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
 from train import TrainConfig, model_config, optimizer_settings  # the training config keys, so config/*.py files read unchanged
@@ -89,8 +90,12 @@ def bench(cfg: BenchConfig) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     try:
-        bench(parse_config(BenchConfig, sys.argv[1:], "bench.py"))
-    except (ConfigError, ValueError) as e:
+        bench(parse_config(BenchConfig, sys.argv[1:] if argv is None else argv, "bench.py"))
+    except UserError as e:
         sys.exit(f"bench.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,8 +19,10 @@ import types
 import typing
 from typing import Any
 
+from fineweb_gpt.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A user mistake in a config file or on the command line."""
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import ConfigError, key, parse_config
+from fineweb_gpt.errors import UserError
 from model import GPT, LOSS_CHUNK_ROWS, GPTConfig
 from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
 
@@ -233,8 +234,16 @@ def combine(runs: list[dict]) -> dict:
     return {**middle, "peak_rss_gb": max(r["peak_rss_gb"] for r in ok)}
 
 
-def main(argv: list[str]) -> None:
-    cfg = parse_config(MemoryBenchConfig, argv, "bench/memory.py")
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        compare(parse_config(MemoryBenchConfig, argv, "bench/memory.py"), argv)
+    except UserError as e:
+        sys.exit(f"bench/memory.py: error: {e}")
+
+
+def compare(cfg: MemoryBenchConfig, argv: list[str]) -> None:
+    """Every variant in its own process (or, with --variant, this process is that one), then the table."""
     if cfg.variant:
         return run_variant(cfg)
     names = chosen_variants(cfg)
@@ -247,7 +256,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        sys.exit(f"bench/memory.py: error: {e}")
+    main()

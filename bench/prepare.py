@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # run as a script: the repository root holds configurator.py and fineweb_gpt/
 from configurator import cli, key  # noqa: E402
+from fineweb_gpt.errors import UserError  # noqa: E402
 
 
 @dataclass
@@ -98,8 +99,15 @@ def loader_speed(data_dir: str, n: int = 300) -> float:
     return n / (time.time() - t)
 
 
-def main() -> None:
-    cfg = cli(BenchPrepareConfig, "bench/prepare.py")
+def main(argv: list[str] | None = None) -> None:
+    cfg = cli(BenchPrepareConfig, "bench/prepare.py", argv)
+    try:
+        bench(cfg)
+    except UserError as e:
+        sys.exit(f"bench/prepare.py: error: {e}")
+
+
+def bench(cfg: BenchPrepareConfig) -> None:
     inp, gb, rows = os.path.expanduser(cfg.input), cfg.synthetic_gb, cfg.rows_per_group
     work = cfg.work_dir or tempfile.mkdtemp(prefix="bench_prepare_")
     texts = read_texts(inp)

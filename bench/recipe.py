@@ -35,6 +35,7 @@ from fineweb_gpt import hardware
 from fineweb_gpt.atomic import atomic_write, write_json
 from fineweb_gpt.checkpoint import load_model
 from configurator import ConfigError, key, parse_config
+from fineweb_gpt.errors import UserError
 from fineweb_gpt.dataloader import ValSet, find_shards, header_for, open_shard
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
@@ -224,7 +225,8 @@ def time_only(b: RecipeBenchConfig) -> dict[str, float]:
     return ms
 
 
-def main(b: RecipeBenchConfig) -> dict:
+def compare(b: RecipeBenchConfig) -> dict:
+    """Train and time the recipes as b says; returns what results.json holds."""
     if not b.train_runs:
         return time_only(b)
     os.makedirs(b.out_dir, exist_ok=True)
@@ -267,8 +269,12 @@ def main(b: RecipeBenchConfig) -> dict:
     return results
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     try:
-        main(parse_config(RecipeBenchConfig, sys.argv[1:], "bench/recipe.py"))
-    except (ConfigError, ValueError) as e:
+        compare(parse_config(RecipeBenchConfig, sys.argv[1:] if argv is None else argv, "bench/recipe.py"))
+    except UserError as e:
         sys.exit(f"bench/recipe.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

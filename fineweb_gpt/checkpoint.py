@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from fineweb_gpt.atomic import atomic_write
+from fineweb_gpt.errors import UserError
 from model import GPT, GPTConfig
 
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint is missing, corrupt or does not fit; the message says what to do."""
 
 

@@ -11,7 +11,7 @@ import export
 import sample
 import train
 from fineweb_gpt.checkpoint import load_model
-from configurator import parse_config
+from configurator import ConfigError, parse_config
 from conftest import ROOT, TINY
 from fineweb_gpt.generation import generate
 
@@ -68,7 +68,7 @@ def test_sample_errors_are_clear(tmp_path, tiktoken_cache):
 
 
 def test_impossible_sampling_settings_are_refused_together(tmp_path):
-    with pytest.raises(ValueError, match="(?s)'num_samples' must be >= 1, got 0.*'temperature' must be >= 0.*'top_k' "
+    with pytest.raises(ConfigError, match="(?s)'num_samples' must be >= 1, got 0.*'temperature' must be >= 0.*'top_k' "
                                          "must be >= 0.*'top_p' must be in \\(0, 1\\], got 0.0"):
         parse_config(sample.SampleConfig, [f"--out_dir={tmp_path}", "--num_samples=0", "--temperature=-1",
                                            "--top_p=0", "--top_k=-3"])
