@@ -128,8 +128,10 @@ def test_export_refuses_an_option_set_transformers_cannot_compute(tmp_path):
     from fineweb_gpt.checkpoint import save_checkpoint
     from conftest import OPTION_SETS, tiny_model
     from export import ExportConfig, ExportError, export
+    from fineweb_gpt.tokenizer import describe
     model = tiny_model(**OPTION_SETS["modern"])
-    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config)}, str(tmp_path / "ckpt.pt"))
+    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config),  # train.py records a tokenizer
+                     "tokenizer": describe(None)}, str(tmp_path / "ckpt.pt"))
     with pytest.raises(ExportError, match="cannot be exported: .*mlp='relu2'"):
         export(ExportConfig(out_dir=str(tmp_path), hf_dir=str(tmp_path / "hf")))
     assert not (tmp_path / "hf").exists()
