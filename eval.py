@@ -25,14 +25,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt import tokenizer
-from configurator import check_values, cli, key
+from configurator import check_values, key, run_main
 from fineweb_gpt.errors import UserError
 from fineweb_gpt.hf_interop import GPT2_MODELS
 from fineweb_gpt.inference import load_for_inference
@@ -226,11 +225,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(EvalConfig, "eval.py", argv)
-    try:
-        evaluate(cfg)
-    except UserError as e:
-        sys.exit(f"eval.py: error: {e}")
+    run_main(EvalConfig, "eval.py", evaluate, argv)
 
 
 if __name__ == "__main__":

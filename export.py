@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from fineweb_gpt import tokenizer
 from fineweb_gpt.atomic import staged_dir
-from configurator import cli, key
+from configurator import key, run_main
 from fineweb_gpt.errors import UserError
 from fineweb_gpt.hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
 from fineweb_gpt.inference import load_for_inference
@@ -100,11 +100,7 @@ def export(cfg: ExportConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(ExportConfig, "export.py", argv)
-    try:
-        export(cfg)
-    except UserError as e:
-        sys.exit(f"export.py: error: {e}")
+    run_main(ExportConfig, "export.py", export, argv)
 
 
 if __name__ == "__main__":

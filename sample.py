@@ -19,7 +19,7 @@ import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt import tokenizer
-from configurator import check_values, cli, key
+from configurator import check_values, key, run_main
 from fineweb_gpt.errors import UserError
 from fineweb_gpt.generation import generate
 from fineweb_gpt.hf_interop import GPT2_MODELS
@@ -130,11 +130,7 @@ def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(SampleConfig, "sample.py", argv)
-    try:
-        sample(cfg)
-    except UserError as e:
-        sys.exit(f"sample.py: error: {e}")
+    run_main(SampleConfig, "sample.py", sample, argv)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 import torch.nn.functional as F
 
-from configurator import ConfigError, key, parse_config
-from fineweb_gpt.errors import UserError
+from configurator import ConfigError, key, run_main
 from model import GPT, LOSS_CHUNK_ROWS, GPTConfig
 from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
 
@@ -236,14 +235,11 @@ def combine(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        compare(parse_config(MemoryBenchConfig, argv, "bench/memory.py"), argv)
-    except UserError as e:
-        sys.exit(f"bench/memory.py: error: {e}")
+    run_main(MemoryBenchConfig, "bench/memory.py", lambda cfg: compare(cfg, argv), argv)
 
 
 def compare(cfg: MemoryBenchConfig, argv: list[str]) -> None:
-    """Every variant in its own process (or, with --variant, this process is that one), then the table."""
+    """Every variant in its own process with argv (or, with --variant, this process is that one), then the table."""
     if cfg.variant:
         return run_variant(cfg)
     names = chosen_variants(cfg)

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # run as a script: the repository root holds configurator.py and fineweb_gpt/
-from configurator import cli, key  # noqa: E402
-from fineweb_gpt.errors import UserError  # noqa: E402
+from configurator import key, run_main  # noqa: E402
 
 
 @dataclass
@@ -100,11 +99,7 @@ def loader_speed(data_dir: str, n: int = 300) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(BenchPrepareConfig, "bench/prepare.py", argv)
-    try:
-        bench(cfg)
-    except UserError as e:
-        sys.exit(f"bench/prepare.py: error: {e}")
+    run_main(BenchPrepareConfig, "bench/prepare.py", bench, argv)
 
 
 def bench(cfg: BenchPrepareConfig) -> None:

@@ -34,8 +34,7 @@ import torch
 from fineweb_gpt import hardware
 from fineweb_gpt.atomic import atomic_write, write_json
 from fineweb_gpt.checkpoint import load_model
-from configurator import ConfigError, key, parse_config
-from fineweb_gpt.errors import UserError
+from configurator import ConfigError, key, run_main
 from fineweb_gpt.dataloader import ValSet, find_shards, header_for, open_shard
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
@@ -270,10 +269,7 @@ def compare(b: RecipeBenchConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        compare(parse_config(RecipeBenchConfig, sys.argv[1:] if argv is None else argv, "bench/recipe.py"))
-    except UserError as e:
-        sys.exit(f"bench/recipe.py: error: {e}")
+    run_main(RecipeBenchConfig, "bench/recipe.py", compare, argv)
 
 
 if __name__ == "__main__":

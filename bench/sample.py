@@ -20,8 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 
 from fineweb_gpt import hardware
-from configurator import ConfigError, cli, key
-from fineweb_gpt.errors import UserError
+from configurator import ConfigError, key, run_main
 from fineweb_gpt.generation import generate
 from model import GPT, GPTConfig
 
@@ -54,11 +53,7 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(BenchSampleConfig, "bench/sample.py", argv)
-    try:
-        bench(cfg)
-    except UserError as e:
-        sys.exit(f"bench/sample.py: error: {e}")
+    run_main(BenchSampleConfig, "bench/sample.py", bench, argv)
 
 
 def bench(cfg: BenchSampleConfig) -> None:

@@ -65,11 +65,11 @@ def handled(function) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda m: m.__name__)
-def test_each_main_catches_user_errors_only(script):
+@pytest.mark.parametrize("main", [s.main for s in SCRIPTS] + [configurator.run_main, configurator.cli],
+                         ids=lambda f: f"{f.__module__}.{f.__name__}")
+def test_each_main_catches_user_errors_only(main):
     # ConfigError is a UserError (printed as "config error"); a compile failure surfaces lazily, in the loop
-    assert handled(script.main) <= {"UserError", "ConfigError", "KeyboardInterrupt",
-                                    "torch._dynamo.exc.BackendCompilerFailed"}
+    assert handled(main) <= {"UserError", "ConfigError", "KeyboardInterrupt", "torch._dynamo.exc.BackendCompilerFailed"}
 
 
 # ----------------------------------------------------------------------------- a bug keeps its traceback
