@@ -33,9 +33,9 @@ import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt.atomic import atomic_write, write_json
-from fineweb_gpt.checkpoint import load_model
 from configurator import ConfigError, key, run_main
 from fineweb_gpt.dataloader import ValSet, find_shards, header_for, open_shard
+from fineweb_gpt.inference import load_for_inference
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
 from train import TrainConfig, model_config, optimizer_settings, train
@@ -129,7 +129,7 @@ def train_run(b: RecipeBenchConfig, recipe: str, lr: float, data: dict[str, str]
         shutil.rmtree(out_dir, ignore_errors=True)  # a rerun starts over
         with open(os.path.join(b.out_dir, f"{recipe}-lr{lr:g}.log"), "w") as log, contextlib.redirect_stdout(log):
             train(cfg)
-    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    model = load_for_inference(out_dir).model
     select = ValSet(data["select"], b.batch_size, b.block_size, b.eval_iters)
     amp = hardware.autocast(b.device, hardware.pick_dtype(b.dtype, b.device)[0])
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
