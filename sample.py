@@ -60,7 +60,7 @@ def read_prompt(start: str) -> str:
             start.encode("utf-8")
         except UnicodeEncodeError:  # undecodable bytes from the shell arrive as lone surrogates
             raise PromptError("--start is not valid UTF-8 text (check your terminal's encoding, or put the prompt in "
-                             "a UTF-8 file and pass --start=FILE:path)") from None
+                              "a UTF-8 file and pass --start=FILE:path)") from None
         return start
     path = os.path.expanduser(start[5:])
     try:
@@ -72,7 +72,7 @@ def read_prompt(start: str) -> str:
         return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark, as some editors write, is not part of the prompt
     except UnicodeDecodeError as e:
         raise PromptError(f"the prompt file {path} is not UTF-8 text (byte {e.start} is {raw[e.start:e.start + 1]!r}); "
-                         f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > prompt-utf8.txt") from None
+                          f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > prompt-utf8.txt") from None
 
 
 def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:

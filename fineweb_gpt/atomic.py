@@ -85,8 +85,8 @@ def publish_copy(src: str, dst: str) -> None:
 def staged_dir(target: str, prefix: str = ".staging-") -> Iterator[str]:
     """`with staged_dir(target) as staging: ...` yields an empty folder beside target (same filesystem,
     so moving out of it is a rename). When the block ends without an exception its files are published
-    into target (publish_dir); on any exception, Ctrl-C included, target is left as it was. The staging
-    folder is removed either way."""
+    into target (publish_dir); an exception in the block, Ctrl-C included, leaves target as it was. The
+    staging folder is removed either way."""
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
@@ -99,7 +99,8 @@ def staged_dir(target: str, prefix: str = ".staging-") -> Iterator[str]:
 
 def publish_dir(staging: str, target: str) -> None:
     """Move every file of staging into target (created if missing), each with one atomic rename over the
-    file of the same name; target's other files stay."""
+    file of the same name; target's other files stay. Each file is old or new, never half of one (an
+    interruption between two renames leaves some of each)."""
     os.makedirs(target, exist_ok=True)
     for name in sorted(os.listdir(staging)):
         os.replace(os.path.join(staging, name), os.path.join(target, name))
