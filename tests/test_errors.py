@@ -1,6 +1,7 @@
 """Bugs keep their traceback: each script's main() turns a UserError into one line and lets every other
 exception through. One loader for trained models; export publishes its folder whole or not at all."""
 import ast
+import importlib
 import inspect
 import json
 import os
@@ -21,7 +22,7 @@ import readers
 import sample
 import train
 from conftest import ROOT, TINY, load_script, tiny_model
-from fineweb_gpt import atomic, autobatch, checkpoint, dataloader, hardware, hf_interop, inference, tokenizer
+from fineweb_gpt import checkpoint, inference, tokenizer
 from fineweb_gpt.atomic import staged_dir
 from fineweb_gpt.errors import UserError
 from model import GPT
@@ -33,8 +34,22 @@ bench_sample = load_script("bench/sample.py")
 
 SCRIPTS = [train, sample, eval_script, export, plot, bench, prepare, bench_recipe, bench_memory, bench_prepare,
            bench_sample]
-MODULES = SCRIPTS + [configurator, readers, atomic, autobatch, checkpoint, dataloader, hardware, hf_interop, inference,
-                     tokenizer]
+
+
+def repository_modules() -> list:
+    """Every Python module of the repository but the tests and the config files, imported."""
+    modules = []
+    for dirpath, dirnames, names in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "__")) and d not in ("tests", "config")]
+        for name in sorted(n for n in names if n.endswith(".py")):
+            path = os.path.relpath(os.path.join(dirpath, name), ROOT).replace(os.sep, "/")
+            if path.startswith("bench/"):
+                modules.append(sys.modules.get(path.replace("/", "_").removesuffix(".py")) or load_script(path))
+            elif path.startswith("fineweb_gpt/"):
+                modules.append(importlib.import_module(f"fineweb_gpt.{name[:-3]}".removesuffix(".__init__")))
+            else:  # the root and data/fineweb, both on sys.path
+                modules.append(importlib.import_module(name[:-3]))
+    return modules
 
 
 def broken(exc: Exception):
@@ -47,7 +62,9 @@ def broken(exc: Exception):
 # ----------------------------------------------------------------------------- the one root
 
 def test_every_error_class_of_the_code_base_is_a_user_error():
-    defined = [obj for m in MODULES for obj in vars(m).values()
+    modules = repository_modules()
+    assert {configurator, readers, checkpoint, inference, *SCRIPTS} <= set(modules)
+    defined = [obj for m in modules for obj in vars(m).values()
                if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == m.__name__]
     assert {c.__name__ for c in defined} >= {"ConfigError", "CheckpointError", "ShardError", "PrepareError",
                                              "TrainingError", "ExportError", "EvalError", "PlotError",
