@@ -9,7 +9,6 @@ Each step uses bench_micro_steps micro-batches of the config's batch_size x bloc
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import torch
 
 from fineweb_gpt import autobatch
 from fineweb_gpt import hardware
-from configurator import ConfigError, key, parse_config
+from configurator import ConfigError, key, run_main
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
 from train import TrainConfig, model_config, optimizer_settings  # the training config keys, so config/*.py files read unchanged
@@ -89,8 +88,9 @@ def bench(cfg: BenchConfig) -> dict:
     return result
 
 
+def main(argv: list[str] | None = None) -> None:
+    run_main(BenchConfig, "bench.py", bench, argv)
+
+
 if __name__ == "__main__":
-    try:
-        bench(parse_config(BenchConfig, sys.argv[1:], "bench.py"))
-    except (ConfigError, ValueError) as e:
-        sys.exit(f"bench.py: error: {e}")
+    main()

@@ -17,10 +17,12 @@ import sys
 import traceback
 import types
 import typing
-from typing import Any
+from typing import Any, Callable
+
+from fineweb_gpt.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user mistake in a config file or on the command line."""
 
 
@@ -254,3 +256,13 @@ def cli(cls: type, prog: str, argv: list[str] | None = None):
         return parse_config(cls, sys.argv[1:] if argv is None else argv, prog)
     except ConfigError as e:
         sys.exit(f"{prog}: config error: {e}")
+
+
+def run_main(cls: type, prog: str, run: Callable[[Any], Any], argv: list[str] | None = None) -> Any:
+    """A script's main(): its config from argv (see cli), then run(cfg). A UserError ends the script with its
+    one-line message; any other exception is a bug and keeps its traceback."""
+    cfg = cli(cls, prog, argv)
+    try:
+        return run(cfg)
+    except UserError as e:
+        sys.exit(f"{prog}: error: {e}")

@@ -25,16 +25,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt import tokenizer
-from fineweb_gpt.checkpoint import CheckpointError, load_model, resolve
-from configurator import check_values, cli, key
-from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
+from configurator import check_values, key, run_main
+from fineweb_gpt.errors import UserError
+from fineweb_gpt.hf_interop import GPT2_MODELS
+from fineweb_gpt.inference import load_for_inference
 from model import GPT
 
 HELLASWAG_HUB_ID = "Rowan/hellaswag"  # the dataset lm-evaluation-harness loads
@@ -72,7 +72,7 @@ class EvalConfig:
     progress: bool = key(True, "show a progress bar")
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """The benchmark data or the model cannot be used; the message says what to do."""
 
 
@@ -207,21 +207,13 @@ def load_items(cfg: EvalConfig) -> list[dict]:
     return docs[:cfg.limit] if cfg.limit else docs
 
 
-def load(cfg: EvalConfig) -> tuple[GPT, str]:
-    """(model on CPU, tokenizer name) from a checkpoint or OpenAI's GPT-2."""
-    if cfg.init_from in GPT2_MODELS:
-        return from_pretrained(cfg.init_from).eval(), tokenizer.GPT2["name"]
-    model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
-    return model, tokenizer.describe(ckpt.get("tokenizer"))["name"]
-
-
 def evaluate(cfg: EvalConfig) -> dict:
     check_values(cfg)
     device, _ = hardware.pick_device(cfg.device)
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, device)
-    model, tok_name = load(cfg)
-    model.to(device)
-    enc = tokenizer.load_encoding(tok_name)
+    loaded = load_for_inference(cfg.out_dir, cfg.ckpt, cfg.init_from)
+    model = loaded.model.to(device)
+    enc = tokenizer.load_encoding(loaded.tokenizer["name"])
     docs = load_items(cfg)
     subset = "" if len(docs) == HELLASWAG_ITEMS else f" (not the full {HELLASWAG_ITEMS:,}: not comparable)"
     print(f"hellaswag: {len(docs):,} items{subset}, zero-shot, on {device} in {dtype} ({dtype_reason})")
@@ -233,11 +225,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(EvalConfig, "eval.py", argv)
-    try:
-        evaluate(cfg)
-    except (EvalError, CheckpointError, tokenizer.TokenizerError) as e:
-        sys.exit(f"eval.py: error: {e}")
+    run_main(EvalConfig, "eval.py", evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,15 @@ vocabulary (50304) are dropped so the model's vocabulary matches the tokenizer's
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from fineweb_gpt import tokenizer
-from fineweb_gpt.checkpoint import CheckpointError, load_model, resolve
-from configurator import cli, key
+from fineweb_gpt.atomic import staged_dir
+from configurator import key, run_main
+from fineweb_gpt.errors import UserError
 from fineweb_gpt.hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
+from fineweb_gpt.inference import load_for_inference
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ExportConfig:
     overwrite: bool = key(False, "write into a non-empty hf_dir, replacing the files an export writes")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """The export cannot be written where asked; the message says why and what to do."""
 
 
@@ -59,51 +59,48 @@ def check_target(hf_dir: str, overwrite: bool) -> None:
                           f"new folder, or pass --overwrite=True to replace the files an export writes there")
 
 
+def write_files(hf_model, tok_record: dict, tokenizer_files: bool, folder: str) -> None:
+    """The export's files: the model's config.json and model.safetensors, and the tokenizer's where it has them."""
+    hf_model.save_pretrained(folder)
+    if tokenizer_files and tok_record["name"] == tokenizer.GPT2["name"]:
+        try:
+            write_gpt2_tokenizer(folder)
+        except tokenizer.TokenizerError as e:  # offline and not cached: the weights are still usable
+            print(f"warning: GPT-2 tokenizer files not written ({e}); load the tokenizer with "
+                  f"AutoTokenizer.from_pretrained('gpt2') instead", file=sys.stderr)
+    elif tokenizer_files:
+        print(f"note: tokenizer {tok_record['name']} has no Hugging Face files here; only the model was written",
+              file=sys.stderr)
+
+
 def export(cfg: ExportConfig) -> str:
     check_target(cfg.hf_dir, cfg.overwrite)
-    model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
+    loaded = load_for_inference(cfg.out_dir, cfg.ckpt)
+    model, tok_record = loaded.model, loaded.tokenizer
     try:
         arch = hf_architecture(model.config)
-    except ValueError as e:
-        raise ExportError(str(e)) from None
-    tok_record = tokenizer.describe(ckpt.get("tokenizer"))
+    except ValueError as e:  # an option set no transformers architecture computes
+        raise ExportError(str(e)) from e
     vocab = min(tok_record["vocab_size"], model.config.vocab_size)
+    hf_model = to_hf_model(model, vocab, tok_record["eot_id"])
     parent = os.path.dirname(os.path.abspath(cfg.hf_dir))
-    try:  # written into a staging folder beside hf_dir, then moved in file by file: never half an export
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    except OSError as e:
-        raise ExportError(f"cannot write into {parent} ({e.strerror}); choose a writable --hf_dir") from None
     try:
-        to_hf_model(model, vocab, tok_record["eot_id"]).save_pretrained(staging)
-        if cfg.tokenizer_files and tok_record["name"] == tokenizer.GPT2["name"]:
-            try:
-                write_gpt2_tokenizer(staging)
-            except Exception as e:  # offline and not cached, ...: the weights are still usable
-                print(f"warning: GPT-2 tokenizer files not written ({type(e).__name__}: {e}); load the tokenizer with "
-                      f"AutoTokenizer.from_pretrained('gpt2') instead", file=sys.stderr)
-        elif cfg.tokenizer_files:
-            print(f"note: tokenizer {tok_record['name']} has no Hugging Face files here; only the model was written",
-                  file=sys.stderr)
-        os.makedirs(cfg.hf_dir, exist_ok=True)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(cfg.hf_dir, name))
-    except (OSError, RuntimeError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot write into {parent} ({e.strerror}); choose a writable --hf_dir") from e
+    try:  # written into a staging folder beside hf_dir, then moved in file by file: never half an export
+        with staged_dir(cfg.hf_dir, prefix=".export-") as staging:
+            write_files(hf_model, tok_record, cfg.tokenizer_files, staging)
+    except (OSError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
         raise ExportError(f"could not write the export into {cfg.hf_dir} ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[-1][:200]}); is the disk full or the folder read-only?") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                          f"{str(e).strip().splitlines()[-1][:200]}); is the disk full or the folder read-only?") from e
     print(f"wrote {cfg.hf_dir}: {arch}, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "
-          f"from step {ckpt.get('step')} of {cfg.out_dir}")
+          f"from step {loaded.step} of {cfg.out_dir}")
     return cfg.hf_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(ExportConfig, "export.py", argv)
-    try:
-        export(cfg)
-    except (CheckpointError, ExportError) as e:
-        sys.exit(f"export.py: error: {e}")
+    run_main(ExportConfig, "export.py", export, argv)
 
 
 if __name__ == "__main__":

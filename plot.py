@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from configurator import ConfigError, key, parse_config
+from fineweb_gpt.errors import UserError
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 WIDTH, HEIGHT, DPI = 10, 6, 100  # inches, inches, dots per inch: a 1000 x 600 PNG
@@ -32,7 +33,7 @@ class PlotConfig:
                           "reference losses to overlay ('' = none)")
 
 
-class PlotError(ValueError):
+class PlotError(UserError):
     """A run or reference file cannot be plotted; the message says which and why."""
 
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         plot(paths, parse_config(PlotConfig, options, "plot.py [OUT_DIR | metrics.jsonl ...]"))
     except ConfigError as e:
         sys.exit(f"plot.py: config error: {e}")
-    except PlotError as e:
+    except UserError as e:
         sys.exit(f"plot.py: error: {e}")
 
 

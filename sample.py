@@ -19,11 +19,11 @@ import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt import tokenizer
-from fineweb_gpt.checkpoint import CheckpointError, load_model, resolve
-from configurator import check_values, cli, key
+from configurator import check_values, key, run_main
+from fineweb_gpt.errors import UserError
 from fineweb_gpt.generation import generate
-from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
-from model import GPT
+from fineweb_gpt.hf_interop import GPT2_MODELS
+from fineweb_gpt.inference import load_for_inference
 
 
 @dataclass
@@ -49,17 +49,8 @@ class SampleConfig:
     stream: bool = key(True, "print the first sample token by token as it is produced")
 
 
-def load(cfg: SampleConfig) -> tuple[GPT, str]:
-    """(model on CPU, tokenizer name) from a checkpoint or OpenAI's GPT-2."""
-    if cfg.init_from in GPT2_MODELS:
-        return from_pretrained(cfg.init_from).eval(), tokenizer.GPT2["name"]
-    path = resolve(cfg.out_dir, cfg.ckpt)
-    model, ckpt = load_model(path)
-    if "tokenizer" not in ckpt and model.config.vocab_size < tokenizer.GPT2["vocab_size"]:
-        raise CheckpointError(f"{path} records no tokenizer and its model has {model.config.vocab_size} embeddings, "
-                              f"fewer than GPT-2's {tokenizer.GPT2['vocab_size']} tokens (a character-level model from "
-                              f"another trainer?); sample.py decodes with the tokenizer a checkpoint records, else GPT-2's")
-    return model, tokenizer.describe(ckpt.get("tokenizer"))["name"]
+class PromptError(UserError):
+    """The prompt cannot be read, or does not fit the model."""
 
 
 def read_prompt(start: str) -> str:
@@ -68,20 +59,20 @@ def read_prompt(start: str) -> str:
         try:
             start.encode("utf-8")
         except UnicodeEncodeError:  # undecodable bytes from the shell arrive as lone surrogates
-            raise ValueError("--start is not valid UTF-8 text (check your terminal's encoding, or put the prompt in "
-                             "a UTF-8 file and pass --start=FILE:path)") from None
+            raise PromptError("--start is not valid UTF-8 text (check your terminal's encoding, or put the prompt in "
+                              "a UTF-8 file and pass --start=FILE:path)") from None
         return start
     path = os.path.expanduser(start[5:])
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise CheckpointError(f"cannot read the prompt file {path}: {e.strerror}") from None
+        raise PromptError(f"cannot read the prompt file {path}: {e.strerror}") from None
     try:
         return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark, as some editors write, is not part of the prompt
     except UnicodeDecodeError as e:
-        raise ValueError(f"the prompt file {path} is not UTF-8 text (byte {e.start} is {raw[e.start:e.start + 1]!r}); "
-                         f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > prompt-utf8.txt") from None
+        raise PromptError(f"the prompt file {path} is not UTF-8 text (byte {e.start} is {raw[e.start:e.start + 1]!r}); "
+                          f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > prompt-utf8.txt") from None
 
 
 def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
@@ -89,15 +80,15 @@ def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
     check_values(cfg)
     device, _ = hardware.pick_device(cfg.device)
     dtype, _ = hardware.pick_dtype(cfg.dtype, device)
-    model, tok_name = load(cfg)
-    model.to(device=device, dtype=getattr(torch, dtype))
-    enc = tokenizer.load_encoding(tok_name)
+    loaded = load_for_inference(cfg.out_dir, cfg.ckpt, cfg.init_from)
+    model = loaded.model.to(device=device, dtype=getattr(torch, dtype))
+    enc = tokenizer.load_encoding(loaded.tokenizer["name"])
     ids = enc.encode(read_prompt(cfg.start), allowed_special={"<|endoftext|>"})
     block = model.config.block_size
     if not ids:
         ids = [enc.eot_token]  # an empty prompt starts a fresh document
     if len(ids) >= block:
-        raise ValueError(f"the prompt is {len(ids)} tokens; the model's context (block_size) is {block}. Shorten it")
+        raise PromptError(f"the prompt is {len(ids)} tokens; the model's context (block_size) is {block}. Shorten it")
     max_new = cfg.max_new_tokens
     if len(ids) + max_new > block:
         max_new = block - len(ids)
@@ -139,11 +130,7 @@ def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli(SampleConfig, "sample.py", argv)
-    try:
-        sample(cfg)
-    except (CheckpointError, ValueError) as e:
-        sys.exit(f"sample.py: error: {e}")
+    run_main(SampleConfig, "sample.py", sample, argv)
 
 
 if __name__ == "__main__":

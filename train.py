@@ -29,11 +29,12 @@ from fineweb_gpt import distributed
 from fineweb_gpt import hardware
 from fineweb_gpt import tokenizer
 from fineweb_gpt.atomic import atomic_write, publish_copy, write_json
-from fineweb_gpt.checkpoint import (BEST, LATEST, CheckpointError, build_model, check_resumable, load_checkpoint, rng_state,
+from fineweb_gpt.checkpoint import (BEST, LATEST, build_model, check_resumable, load_checkpoint, rng_state,
                         save_checkpoint, set_rng_state)
 from configurator import ConfigError, check_values, format_config, key, parse_config
-from fineweb_gpt.dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
+from fineweb_gpt.dataloader import TrainLoader, ValSet, check_token_ids, find_shards, read_meta
 from fineweb_gpt.distributed import Env
+from fineweb_gpt.errors import UserError, raised_as
 from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
 from model import MLPS, NORMS, POS_EMBS, GPT, GPTConfig
 from fineweb_gpt.optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
@@ -129,8 +130,14 @@ class TrainConfig:
                              range="[0, inf)")
 
 
-class TrainingError(RuntimeError):
-    """Stops the run with a message for the user (diverged loss, impossible config)."""
+class TrainingError(UserError):
+    """Stops the run with a message for the user (diverged loss, impossible config, unwritable out_dir)."""
+
+
+def out_dir_failed(e: OSError) -> TrainingError:
+    """A failed write into out_dir (a full disk, a read-only folder, a file in its place), as a message."""
+    return TrainingError(f"{e}\nA checkpoint already in out_dir is intact (every save is atomic): fix that, "
+                         f"then continue with --init_from=resume")
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -148,7 +155,10 @@ def check_config(cfg: TrainConfig) -> None:
 
 def model_config(cfg: TrainConfig) -> GPTConfig:
     """The GPTConfig that the model keys describe."""
-    return GPTConfig(**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)})
+    try:
+        return GPTConfig(**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)})
+    except ValueError as e:  # model.py depends on torch alone, so its checks raise ValueError
+        raise ConfigError(str(e)) from e
 
 
 def optimizer_settings(cfg: TrainConfig) -> OptimizerSettings:
@@ -427,10 +437,11 @@ class RunLog:
         self.metrics, self.wandb = None, NullLogger()
         if not env.master:
             return
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        write_json(os.path.join(cfg.out_dir, "config.json"), record)
+        with raised_as(out_dir_failed, OSError):
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            write_json(os.path.join(cfg.out_dir, "config.json"), record)
+            self.metrics = open_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step)
         print("config:\n" + format_config(cfg), flush=True)
-        self.metrics = open_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step)
         if cfg.wandb_log:
             import wandb
             self.wandb = wandb.init(project=cfg.wandb_project, id=wandb_id, resume="allow", config=asdict(cfg),
@@ -438,8 +449,9 @@ class RunLog:
 
     def record(self, row: dict) -> None:
         if self.metrics:
-            self.metrics.write(json.dumps(row) + "\n")
-            self.metrics.flush()
+            with raised_as(out_dir_failed, OSError):
+                self.metrics.write(json.dumps(row) + "\n")
+                self.metrics.flush()
         self.wandb.log(row, step=row["step"])
 
     def close(self) -> None:
@@ -522,7 +534,8 @@ def save_run(out_dir: str, names: tuple[str, ...], model: GPT, optimizer, scaler
                      "tokenizer": tok_record, "wandb_run_id": state.wandb_id, "elapsed": state.elapsed,
                      "auto_batch_size": state.auto_batch_size}, first)
     for name in names[1:]:
-        publish_copy(first, os.path.join(out_dir, name))
+        with raised_as(out_dir_failed, OSError):
+            publish_copy(first, os.path.join(out_dir, name))
     print(f"saved {' and '.join(names)} in {out_dir} at step {state.step}", flush=True)
 
 
@@ -677,15 +690,13 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         fail(f"train.py: config error: {e}")
     try:
-        train(cfg)
-    except (ConfigError, ShardError, CheckpointError, TrainingError, ValueError) as e:
+        train(cfg)  # anything but a UserError is a bug: it propagates with its traceback, after train's cleanup
+    except UserError as e:
         fail(f"train.py: error: {e}")
     except torch._dynamo.exc.BackendCompilerFailed as e:  # no C compiler, a triton that does not fit the GPU, ...
+        # raised by the first call of the compiled model inside the loop, not where torch.compile is called
         fail(f"train.py: error: torch.compile could not build the model on this machine "
              f"({str(e).strip().splitlines()[0][:300]}); run again with --compile=False")
-    except OSError as e:  # a full disk or an unwritable out_dir while saving, ...
-        fail(f"train.py: error: {e}\nA checkpoint already in out_dir is intact (every save is atomic): fix that, "
-             f"then continue with --init_from=resume")
 
 
 if __name__ == "__main__":

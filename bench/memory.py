@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 import torch.nn.functional as F
 
-from configurator import ConfigError, key, parse_config
+from configurator import ConfigError, key, run_main
 from model import GPT, LOSS_CHUNK_ROWS, GPTConfig
 from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
 
@@ -233,8 +233,13 @@ def combine(runs: list[dict]) -> dict:
     return {**middle, "peak_rss_gb": max(r["peak_rss_gb"] for r in ok)}
 
 
-def main(argv: list[str]) -> None:
-    cfg = parse_config(MemoryBenchConfig, argv, "bench/memory.py")
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    run_main(MemoryBenchConfig, "bench/memory.py", lambda cfg: compare(cfg, argv), argv)
+
+
+def compare(cfg: MemoryBenchConfig, argv: list[str]) -> None:
+    """Every variant in its own process with argv (or, with --variant, this process is that one), then the table."""
     if cfg.variant:
         return run_variant(cfg)
     names = chosen_variants(cfg)
@@ -247,7 +252,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        sys.exit(f"bench/memory.py: error: {e}")
+    main()

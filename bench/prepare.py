@@ -25,7 +25,7 @@ from dataclasses import dataclass
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # run as a script: the repository root holds configurator.py and fineweb_gpt/
-from configurator import cli, key  # noqa: E402
+from configurator import key, run_main  # noqa: E402
 
 
 @dataclass
@@ -98,8 +98,11 @@ def loader_speed(data_dir: str, n: int = 300) -> float:
     return n / (time.time() - t)
 
 
-def main() -> None:
-    cfg = cli(BenchPrepareConfig, "bench/prepare.py")
+def main(argv: list[str] | None = None) -> None:
+    run_main(BenchPrepareConfig, "bench/prepare.py", bench, argv)
+
+
+def bench(cfg: BenchPrepareConfig) -> None:
     inp, gb, rows = os.path.expanduser(cfg.input), cfg.synthetic_gb, cfg.rows_per_group
     work = cfg.work_dir or tempfile.mkdtemp(prefix="bench_prepare_")
     texts = read_texts(inp)

@@ -33,9 +33,9 @@ import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt.atomic import atomic_write, write_json
-from fineweb_gpt.checkpoint import load_model
-from configurator import ConfigError, key, parse_config
+from configurator import ConfigError, key, run_main
 from fineweb_gpt.dataloader import ValSet, find_shards, header_for, open_shard
+from fineweb_gpt.inference import load_for_inference
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
 from train import TrainConfig, model_config, optimizer_settings, train
@@ -129,7 +129,7 @@ def train_run(b: RecipeBenchConfig, recipe: str, lr: float, data: dict[str, str]
         shutil.rmtree(out_dir, ignore_errors=True)  # a rerun starts over
         with open(os.path.join(b.out_dir, f"{recipe}-lr{lr:g}.log"), "w") as log, contextlib.redirect_stdout(log):
             train(cfg)
-    model, _ = load_model(os.path.join(out_dir, "ckpt.pt"))
+    model = load_for_inference(out_dir).model
     select = ValSet(data["select"], b.batch_size, b.block_size, b.eval_iters)
     amp = hardware.autocast(b.device, hardware.pick_dtype(b.dtype, b.device)[0])
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
@@ -224,7 +224,8 @@ def time_only(b: RecipeBenchConfig) -> dict[str, float]:
     return ms
 
 
-def main(b: RecipeBenchConfig) -> dict:
+def compare(b: RecipeBenchConfig) -> dict:
+    """Train and time the recipes as b says; returns what results.json holds."""
     if not b.train_runs:
         return time_only(b)
     os.makedirs(b.out_dir, exist_ok=True)
@@ -267,8 +268,9 @@ def main(b: RecipeBenchConfig) -> dict:
     return results
 
 
+def main(argv: list[str] | None = None) -> None:
+    run_main(RecipeBenchConfig, "bench/recipe.py", compare, argv)
+
+
 if __name__ == "__main__":
-    try:
-        main(parse_config(RecipeBenchConfig, sys.argv[1:], "bench/recipe.py"))
-    except (ConfigError, ValueError) as e:
-        sys.exit(f"bench/recipe.py: error: {e}")
+    main()

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 
 from fineweb_gpt import hardware
-from configurator import cli, key
+from configurator import ConfigError, key, run_main
 from fineweb_gpt.generation import generate
 from model import GPT, GPTConfig
 
@@ -45,12 +45,22 @@ def time_generation(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool, d
     return time.time() - t
 
 
-def main() -> None:
-    cfg = cli(BenchSampleConfig, "bench/sample.py")
+def parse_lengths(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"lengths must be comma-separated whole numbers, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(BenchSampleConfig, "bench/sample.py", bench, argv)
+
+
+def bench(cfg: BenchSampleConfig) -> None:
     device, _ = hardware.pick_device(cfg.device)
     dtype, _ = hardware.pick_dtype(cfg.dtype, device)
     torch.manual_seed(0)
-    lengths = [int(x) for x in cfg.lengths.split(",")]
+    lengths = parse_lengths(cfg.lengths)
     # GPT-2 124M; the context is widened past 1024 when prompt + new tokens need it (speed is unaffected)
     block_size = max(1024, cfg.prompt_tokens + max(lengths))
     model = GPT(GPTConfig(block_size=block_size)).to(device=device, dtype=getattr(torch, dtype)).eval()

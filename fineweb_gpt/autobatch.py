@@ -18,6 +18,7 @@ import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt.checkpoint import rng_state, set_rng_state
+from fineweb_gpt.errors import UserError
 
 # Fraction of GPU memory the probe leaves unused: room for what a few probe steps do not show (allocator
 # fragmentation over a long run, DDP's gradient buckets, torch.compile's workspaces, eval).
@@ -29,7 +30,7 @@ FIXED_TOKENS = 4096
 PROBE_STEPS = 2  # the first step allocates the optimizer state; the second runs with it, as training does
 
 
-class NothingFits(ValueError):
+class NothingFits(UserError):
     """Not even the smallest micro-batch fits in GPU memory; the message says what to change."""
 
 

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from fineweb_gpt.atomic import atomic_write
+from fineweb_gpt.errors import UserError, raised_as
 from model import GPT, GPTConfig
 
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint is missing, corrupt or does not fit; the message says what to do."""
 
 
@@ -124,11 +125,14 @@ def set_rng_state(state: dict) -> None:
 
 def build_model(ckpt: dict, path: str, **overrides) -> GPT:
     """The GPT stored in a loaded checkpoint; overrides (e.g. dropout) replace saved model args."""
-    try:
-        model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
+    def misfit(e: Exception) -> CheckpointError:
+        return CheckpointError(f"{path} does not fit this version's GPT ({str(e).splitlines()[0][:300]})")
+
+    with raised_as(misfit, TypeError, ValueError):  # an unknown or invalid model argument
+        config = GPTConfig(**{**ckpt["model_args"], **overrides})
+    model = GPT(config)
+    with raised_as(misfit, RuntimeError):  # missing, unexpected or differently shaped weights
         model.load_state_dict(ckpt["model"])
-    except (TypeError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path} does not fit this version's GPT ({str(e).splitlines()[0][:300]})") from None
     return model
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fineweb_gpt.errors import UserError
+
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 FORMATS = {  # (magic, version) -> token dtype
@@ -27,8 +29,9 @@ PREPARE_STATE = ".prepare_state.json"  # prepare.py's resume file; present witho
 PREPARE_HINT = "re-run data/fineweb/prepare.py (the same command resumes; --overwrite starts over)"
 
 
-class ShardError(ValueError):
-    """A shard file is missing, truncated or not in the expected format."""
+class ShardError(UserError):
+    """The data cannot serve this run: a shard is missing, truncated or in another format, a split is too
+    small for the batch, or the data changed since the checkpoint."""
 
 
 def header_for(dtype: np.dtype, num_tokens: int) -> np.ndarray:
@@ -93,8 +96,11 @@ def read_meta(data_dir: str) -> dict:
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:  # unreadable, or cut short: not JSON
+        raise ShardError(f"cannot read {path} ({type(e).__name__}: {e}); {PREPARE_HINT}") from e
 
 
 def check_token_ids(shards: list[np.memmap], vocab_size: int, split: str, sample_tokens: int = 0) -> None:
@@ -169,7 +175,7 @@ class TrainLoader:
         self.windows = _Windows([open_shard(p) for p in find_shards(data_dir, "train")], block_size)
         if self.windows.total < batch_size * world_size:
             n_tok = sum(len(s) for s in self.windows.shards)
-            raise ValueError(
+            raise ShardError(
                 f"the train split has {n_tok:,} tokens = {self.windows.total} windows of block_size+1="
                 f"{block_size + 1}, fewer than one global micro-batch of batch_size*world_size="
                 f"{batch_size * world_size}; prepare more data or lower batch_size/block_size")
@@ -207,7 +213,7 @@ class TrainLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state["windows"] != self.windows.total or state["seed"] != self.seed:
-            raise ValueError(
+            raise ShardError(
                 f"the train data changed since the checkpoint (windows {state['windows']} -> "
                 f"{self.windows.total}, seed {state['seed']} -> {self.seed}); resuming would not see "
                 f"the same batches. Restore the data, or start a new run")
@@ -229,7 +235,7 @@ class ValSet:
             fix = (f"lower eval_iters (at most {fits})" if fits else
                    f"it does not hold one batch: lower batch_size or block_size (at most {max(1, n_tok - 1)} for "
                    f"batch_size=1)")
-            raise ValueError(
+            raise ShardError(
                 f"eval needs eval_iters*batch_size={needed} windows of {block_size + 1} tokens "
                 f"({needed * block_size:,} tokens) but the val split has {n_tok:,} tokens "
                 f"({self.windows.total} windows); {fix}, or prepare a larger val split (prepare.py --val_tokens)")

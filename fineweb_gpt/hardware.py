@@ -10,6 +10,8 @@ from contextlib import nullcontext
 
 import torch
 
+from fineweb_gpt.errors import UserError
+
 # Dense (no sparsity) bf16 tensor-core peak in TFLOPS, from NVIDIA's datasheets and architecture
 # whitepapers. GeForce cards are listed at their FP32-accumulate rate, which is what bf16 training
 # uses and half their FP16-accumulate figure. Patterns are matched against torch's device name;
@@ -57,14 +59,18 @@ def device_name(device: str) -> str:
     return device
 
 
+class DeviceError(UserError):
+    """The device or dtype asked for is not available on this machine."""
+
+
 def pick_device(requested: str) -> tuple[str, str]:
     """(device, reason): 'auto' takes cuda, then mps, then cpu."""
     if requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={requested} but torch sees no CUDA GPU (torch {torch.__version__}); "
+            raise DeviceError(f"device={requested} but torch sees no CUDA GPU (torch {torch.__version__}); "
                              f"use --device=cpu, or install a CUDA build of torch")
         if requested == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("device=mps but MPS is not available on this machine; use --device=cpu")
+            raise DeviceError("device=mps but MPS is not available on this machine; use --device=cpu")
         return requested, "as requested"
     if torch.cuda.is_available():
         return "cuda", "CUDA GPU found"
@@ -82,7 +88,7 @@ def pick_dtype(requested: str, device: str) -> tuple[str, str]:
         raise ValueError(f"dtype must be one of {DTYPES}, got {requested!r}")
     cuda = device.startswith("cuda")
     if requested == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"{device_name(device)} has no bfloat16 support; use --dtype=float16 (with loss "
+        raise DeviceError(f"{device_name(device)} has no bfloat16 support; use --dtype=float16 (with loss "
                          f"scaling) or --dtype=float32")
     if requested != "auto":
         return requested, "as requested"

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from fineweb_gpt.errors import UserError
 from model import GPT, GPTConfig
 
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -25,6 +26,10 @@ ARCHITECTURES = {
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
+class HubError(UserError):
+    """OpenAI's GPT-2 weights could not be had from the Hugging Face Hub (offline, not cached)."""
+
+
 def from_pretrained(model_type: str, dropout: float = 0.0) -> GPT:
     """OpenAI's GPT-2 weights (gpt2, gpt2-medium, gpt2-large, gpt2-xl), downloaded by transformers."""
     if model_type not in GPT2_MODELS:
@@ -33,8 +38,8 @@ def from_pretrained(model_type: str, dropout: float = 0.0) -> GPT:
     try:
         hf_model = GPT2LMHeadModel.from_pretrained(model_type)
     except OSError as e:
-        raise ValueError(f"could not load {model_type} through transformers ({str(e).splitlines()[0][:200]}); the "
-                         f"weights are downloaded from Hugging Face on first use: check your connection") from None
+        raise HubError(f"could not load {model_type} through transformers ({str(e).splitlines()[0][:200]}); the "
+                         f"weights are downloaded from Hugging Face on first use: check your connection") from e
     return from_hf(hf_model, dropout=dropout)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fineweb_gpt.errors import UserError
+
 GPT2 = {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256}
 
 # tiktoken's own download locations of the GPT-2 BPE files; tiktoken caches them (TIKTOKEN_CACHE_DIR)
@@ -19,7 +21,7 @@ OFFLINE_HINT = ("tiktoken downloads it on first use: check your connection, or p
                 "folder holding its files (README: Offline)")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """The tokenizer cannot be loaded; the message says what to do."""
 
 

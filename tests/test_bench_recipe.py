@@ -8,7 +8,7 @@ import torch
 from conftest import load_script
 
 bench_recipe = load_script("bench/recipe.py")
-from configurator import ConfigError
+from configurator import ConfigError, parse_config
 
 
 def test_tokens_to_reach_interpolates_between_evaluations():
@@ -28,8 +28,8 @@ def test_chooses_on_select_reports_on_report_and_reuses_finished_runs(synthetic_
     args = [f"--data_dir={synthetic_shards}", f"--out_dir={tmp_path}", "--n_layer=1", "--n_head=2", "--n_embd=32",
             "--block_size=32", "--batch_size=4", "--max_iters=6", "--warmup_iters=1", "--eval_interval=3",
             "--eval_iters=2", "--gpt2_lrs=1e-4,3e-3", "--modern_lrs=0.02", "--variants=", "--timing_steps=1"]
-    cfg = bench_recipe.parse_config(bench_recipe.RecipeBenchConfig, args)
-    results = bench_recipe.main(cfg)
+    cfg = parse_config(bench_recipe.RecipeBenchConfig, args)
+    results = bench_recipe.compare(cfg)
     gpt2 = [r for r in results["runs"] if r["recipe"] == "gpt2"]
     assert results["chosen"]["gpt2"] == min(gpt2, key=lambda r: r["select_loss"])["lr"]
     for run in results["runs"]:  # every reported curve is the run's own report-half evaluations
@@ -45,7 +45,7 @@ def test_chooses_on_select_reports_on_report_and_reuses_finished_runs(synthetic_
     del ckpt["config"]["val_batch_size"]
     torch.save(ckpt, ckpt_path)
     stamps = {d: os.path.getmtime(tmp_path / d / "metrics.jsonl") for d in ("modern-lr0.02", "gpt2-lr0.003")}
-    again = bench_recipe.main(bench_recipe.parse_config(bench_recipe.RecipeBenchConfig,
+    again = bench_recipe.compare(parse_config(bench_recipe.RecipeBenchConfig,
                                                         [*args, "--reuse=True", "--timing_steps=0"]))
     assert stamps == {d: os.path.getmtime(tmp_path / d / "metrics.jsonl") for d in stamps}
     assert [r["final_loss"] for r in again["runs"]] == [r["final_loss"] for r in results["runs"]]

@@ -88,7 +88,7 @@ def test_position_restores_exactly(tmp_path):
         assert np.array_equal(a.next_batch()[0], b.next_batch()[0])
     (tmp_path / "other").mkdir()
     smaller = TrainLoader(make_dir(tmp_path / "other", n_train=1), 4, 32, seed=5)
-    with pytest.raises(ValueError, match="data changed"):
+    with pytest.raises(ShardError, match="data changed"):
         smaller.load_state_dict(state)
 
 
@@ -103,11 +103,11 @@ def test_val_set_is_fixed_and_split_across_ranks(tmp_path):
     rows = lambda batches: sorted(tuple(r) for x, _ in batches for r in x.tolist())  # noqa: E731
     assert len(set(rows(v.batches(0, 2))) & set(rows(v.batches(1, 2)))) == 0  # the ranks are disjoint
     assert rows(split) == rows(once)  # and together they are the whole val set
-    with pytest.raises(ValueError, match="lower eval_iters \\(at most 39\\)"):
+    with pytest.raises(ShardError, match="lower eval_iters \\(at most 39\\)"):
         ValSet(d, 4, 32, num_batches=1000)
 
 
 def test_block_size_larger_than_data_is_explained(tmp_path):
     d = make_dir(tmp_path, tokens=100)
-    with pytest.raises(ValueError, match="fewer than one global micro-batch"):
+    with pytest.raises(ShardError, match="fewer than one global micro-batch"):
         TrainLoader(d, 4, 64)

@@ -20,7 +20,7 @@ def test_bad_requests_say_what_to_do():
     with pytest.raises(ValueError, match="dtype must be one of"):
         hardware.pick_dtype("fp8", "cpu")
     if not hardware.torch.cuda.is_available():
-        with pytest.raises(ValueError, match="torch sees no CUDA GPU .* use --device=cpu"):
+        with pytest.raises(hardware.DeviceError, match="torch sees no CUDA GPU .* use --device=cpu"):
             hardware.pick_device("cuda")
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fineweb_gpt.hf_interop import from_hf, from_pretrained, to_hf_state_dict
+from fineweb_gpt.hf_interop import HubError, from_hf, from_pretrained, to_hf_state_dict
 
 
 def _tiny_hf():
@@ -37,7 +37,7 @@ def test_gpt2_offline_failure_is_clear(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
     monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", offline)
-    with pytest.raises(ValueError, match="could not load gpt2 .* check your connection"):
+    with pytest.raises(HubError, match="could not load gpt2 .* check your connection"):
         from_pretrained("gpt2")
 
 

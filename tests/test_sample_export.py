@@ -11,7 +11,7 @@ import export
 import sample
 import train
 from fineweb_gpt.checkpoint import load_model
-from configurator import parse_config
+from configurator import ConfigError, parse_config
 from conftest import ROOT, TINY
 from fineweb_gpt.generation import generate
 
@@ -68,7 +68,7 @@ def test_sample_errors_are_clear(tmp_path, tiktoken_cache):
 
 
 def test_impossible_sampling_settings_are_refused_together(tmp_path):
-    with pytest.raises(ValueError, match="(?s)'num_samples' must be >= 1, got 0.*'temperature' must be >= 0.*'top_k' "
+    with pytest.raises(ConfigError, match="(?s)'num_samples' must be >= 1, got 0.*'temperature' must be >= 0.*'top_k' "
                                          "must be >= 0.*'top_p' must be in \\(0, 1\\], got 0.0"):
         parse_config(sample.SampleConfig, [f"--out_dir={tmp_path}", "--num_samples=0", "--temperature=-1",
                                            "--top_p=0", "--top_k=-3"])
@@ -128,8 +128,10 @@ def test_export_refuses_an_option_set_transformers_cannot_compute(tmp_path):
     from fineweb_gpt.checkpoint import save_checkpoint
     from conftest import OPTION_SETS, tiny_model
     from export import ExportConfig, ExportError, export
+    from fineweb_gpt.tokenizer import describe
     model = tiny_model(**OPTION_SETS["modern"])
-    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config)}, str(tmp_path / "ckpt.pt"))
+    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config),  # train.py records a tokenizer
+                     "tokenizer": describe(None)}, str(tmp_path / "ckpt.pt"))
     with pytest.raises(ExportError, match="cannot be exported: .*mlp='relu2'"):
         export(ExportConfig(out_dir=str(tmp_path), hf_dir=str(tmp_path / "hf")))
     assert not (tmp_path / "hf").exists()

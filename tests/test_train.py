@@ -16,6 +16,7 @@ from fineweb_gpt import checkpoint
 import train
 from configurator import ConfigError, parse_config
 from conftest import ROOT, TINY, losses, metrics, run_train
+from fineweb_gpt.dataloader import ShardError
 from model import GPT, GPTConfig
 
 TIMING = ("elapsed", "tok_per_s", "peak_mem_gib")
@@ -131,7 +132,7 @@ def test_batch_arithmetic_is_explained():
 
 
 def test_data_too_small_for_block_size(synthetic_shards, tmp_path):
-    with pytest.raises(ValueError, match="lower eval_iters"):
+    with pytest.raises(ShardError, match="lower eval_iters"):
         run_train(synthetic_shards, tmp_path, "--eval_iters=100000")
 
 

@@ -33,6 +33,7 @@ from fineweb_gpt import tokenizer  # noqa: E402
 from fineweb_gpt.atomic import AtomicFile, write_json  # noqa: E402
 from configurator import ConfigError, check_values, cli, key  # noqa: E402
 from fineweb_gpt.dataloader import PREPARE_STATE, header_for  # noqa: E402
+from fineweb_gpt.errors import UserError, raised_as  # noqa: E402
 from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
                      parquet_rows, prefetch, read_jsonl, read_parquet, read_txt, stream_hf_dataset)
 
@@ -99,6 +100,11 @@ class ShardWriter:
         if self.file is not None:
             self.file.abort()
             self.file = None
+
+
+def out_dir_failed(e: OSError) -> PrepareError:
+    """A failed write into out_dir (a read-only folder, a file in its place, ...), as a message."""
+    return PrepareError(f"{e}\nFinished shards are kept; fix that and run the same command again to resume.")
 
 
 def clean_out_dir(out_dir: str, prefix: str) -> None:
@@ -219,7 +225,8 @@ class Prepare:
 
     def run(self) -> dict:
         cfg = self.cfg
-        self.state = state = self._load_state()
+        with raised_as(out_dir_failed, OSError):
+            self.state = state = self._load_state()
         meta_path = os.path.join(cfg.out_dir, "meta.json")
         if os.path.exists(meta_path) and os.path.exists(os.path.join(cfg.out_dir, PREPARE_STATE)) \
                 and state.get("finished"):
@@ -233,8 +240,8 @@ class Prepare:
         if cfg.max_docs:
             total = min(total, cfg.max_docs) if total else cfg.max_docs
         bar = _progress(cfg.progress, total, state["docs"] + state["empty"] + len(state["errors"]))
-        writer.open(state["split"], state["index"])
         try:
+            writer.open(state["split"], state["index"])
             for si, row, texts, flat, lengths in self.tokenized(state):
                 self._write_batch(state, writer, si, row, texts, flat, lengths)
                 bar.update(len(texts))
@@ -252,7 +259,7 @@ class Prepare:
                 raise PrepareError(f"disk full in {cfg.out_dir}: the unfinished shard was removed and the "
                                    f"{len(state['shards'])} finished shards are kept; free space and run the "
                                    f"same command again to resume") from None
-            raise
+            raise out_dir_failed(e) from e
         except BaseException:
             writer.abort()
             raise
@@ -269,9 +276,10 @@ class Prepare:
             raise PrepareError(f"all {state['docs']:,} documents ({state['tokens']:,} tokens) went to the val split; "
                                f"pass --overwrite with a smaller --val_tokens (or --val_docs)")
         meta = self._meta(state)
-        write_json(meta_path, meta)
-        state["finished"] = True
-        self._save_state(state, (len(self.sources) - 1, 0))
+        with raised_as(out_dir_failed, OSError):
+            write_json(meta_path, meta)
+            state["finished"] = True
+            self._save_state(state, (len(self.sources) - 1, 0))
         self._summary(state, time.time() - t0, state["docs"] - docs0, state["tokens"] - tokens0)
         return meta
 
@@ -397,12 +405,10 @@ def main(argv: list[str] | None = None) -> dict:
         return Prepare(cfg).run()
     except ConfigError as e:
         sys.exit(f"prepare.py: config error: {e}")
-    except PrepareError as e:
+    except UserError as e:
         sys.exit(f"prepare.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit("prepare.py: interrupted; finished shards are kept. Run the same command again to resume.")
-    except OSError as e:  # unwritable out_dir, a full disk outside a shard, ...
-        sys.exit(f"prepare.py: error: {e}\nFinished shards are kept; fix that and run the same command again to resume.")
 
 
 if __name__ == "__main__":

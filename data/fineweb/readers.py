@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 from typing import IO, Callable, Iterator
 
+from fineweb_gpt.errors import UserError  # prepare.py puts the repository root on sys.path
+
 # JSON lines come as .jsonl or .json (C4 and Dolma name theirs .json.gz), plain, gzip or zstd (the Pile,
 # SlimPajama and RedPajama ship .jsonl.zst)
 JSON_LINES = tuple(ext + comp for ext in (".jsonl", ".json") for comp in ("", ".gz", ".zst"))
@@ -30,7 +32,7 @@ except ImportError:
     ZSTD_ERRORS = ()
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError):
     """A problem the user can fix; printed without a traceback."""
 
 
