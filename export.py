@@ -94,7 +94,7 @@ def export(cfg: ExportConfig) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {cfg.hf_dir}: {arch}, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "
-          f"from step {ckpt.get('step')} of {cfg.out_dir}")
+          f"from step {ckpt.get('loop', {}).get('step')} of {cfg.out_dir}")
     return cfg.hf_dir
 
 
