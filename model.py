@@ -156,8 +156,9 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class NoRotary(nn.Module):
-    """Learned absolute positions are added to the input instead (GPT.wpe)."""
+class NoPositions(nn.Module):
+    """Where the other position scheme is chosen: the input passes unchanged. In attention under learned
+    positions (GPT.wpe adds them), and as GPT.wpe under rope (attention rotates queries and keys)."""
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         return x
@@ -172,7 +173,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.q_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
-        self.rotary = Rotary(config) if config.pos_emb == "rope" else NoRotary()
+        self.rotary = Rotary(config) if config.pos_emb == "rope" else NoPositions()
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.size()
@@ -283,7 +284,7 @@ class KVCache:
 
 class LearnedPositions(nn.Module):
     """GPT-2's position embedding, added to the token embedding (with pos_emb='rope' the positions enter
-    attention instead, and NoPositions takes this place)."""
+    attention instead)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -291,11 +292,6 @@ class LearnedPositions(nn.Module):
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         return x + self.weight[start:start + x.size(1)]
-
-
-class NoPositions(nn.Module):
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        return x
 
 
 class SoftCap(nn.Module):
