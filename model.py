@@ -73,7 +73,7 @@ class GPTConfig:
     def __post_init__(self):
         problems = []
         for f in fields(self):
-            value, choices, interval = getattr(self, f.name), f.metadata["choices"], f.metadata["range"]
+            value, choices, interval = getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("range")
             if choices and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
             if interval and outside(value, interval):
