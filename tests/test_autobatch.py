@@ -129,7 +129,7 @@ def test_train_with_batch_size_auto_on_cpu_and_resume_keeps_the_stored_choice(sy
     run_train(synthetic_shards, tmp_path, "--max_iters=2", *common)
     assert "batch: 512 tokens/update = 4 seqs x 32 tokens x 4 micro-steps" in capsys.readouterr().out
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert saved["auto_batch_size"] == 4 and saved["config"]["batch_size"] == 4
+    assert saved["loop"]["auto_batch_size"] == 4 and saved["config"]["batch_size"] == 4
 
     monkeypatch.setattr(autobatch, "FIXED_TOKENS", 4096)  # a fresh choice would now be 16
     run_train(synthetic_shards, tmp_path, "--max_iters=4", "--init_from=resume", *common)
@@ -138,7 +138,7 @@ def test_train_with_batch_size_auto_on_cpu_and_resume_keeps_the_stored_choice(sy
     assert "= 4 seqs x 32 tokens x 4 micro-steps" in out
     run_train(synthetic_shards, tmp_path, "--max_iters=6", "--init_from=resume", "--reprobe_batch_size=True", *common)
     assert "= 16 seqs x 32 tokens x 1 micro-steps" in capsys.readouterr().out
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["auto_batch_size"] == 16
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["loop"]["auto_batch_size"] == 16
 
 
 def test_val_batch_size_keeps_the_val_set_whatever_micro_batch_auto_picks(synthetic_shards, tmp_path, monkeypatch):
