@@ -5,8 +5,11 @@
     python train.py config/train_fineweb.py --init_from=resume --max_iters=12000
 
 Top to bottom: the config keys; one function per set-up stage (device, data, model, optimizer,
-resume, compile/DDP, logging); the checkpoint and eval helpers; then train(), which runs the stages
-in order and holds the loop. `python train.py --help` lists every key.
+batch, resume, compile/DDP); the eval and checkpoint helpers; then train(), which runs the stages in
+order and holds the loop and its update step. What the loop uses lives with its concern in
+fineweb_gpt/: the lr schedule (schedule.py), the batch arithmetic (batch.py), the checkpoint layout and
+loop state (checkpoint.py), the run log and metrics.jsonl (runlog.py), the stop signal (stop_signal.py).
+`python train.py --help` lists every key.
 """
 from __future__ import annotations
 
