@@ -16,6 +16,7 @@ import torch
 
 from fineweb_gpt import autobatch
 from fineweb_gpt import hardware
+from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from configurator import ConfigError, key, run_main
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
@@ -36,7 +37,9 @@ def bench(cfg: BenchConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(cfg)).to(device)
     optimizer, _ = make_optimizer(model, optimizer_settings(cfg))
-    model.chunked_loss, model.activation_checkpointing = cfg.chunked_loss, cfg.activation_checkpointing
+    chunked = model.set_chunked_loss(cfg.chunked_loss)
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
     amp = hardware.autocast(device, dtype)
     if cfg.batch_size == "auto":  # as train.py picks it for one process: a divisor of the sequences per update
@@ -79,8 +82,8 @@ def bench(cfg: BenchConfig) -> dict:
     result = {"device": name, "dtype": dtype, "compile": use_compile, "params_M": model.num_params()["total"] / 1e6,
               "batch": f"{cfg.batch_size}x{cfg.block_size}x{cfg.bench_micro_steps}", "ms_per_step": dt * 1000,
               "tok_per_s": tokens / dt, "mfu": mfu, f"peak_{mem_kind}_gib": mem, "warmup_s": warmup_s,
-              "optimizer": cfg.optimizer, "threads": torch.get_num_threads(), "chunked_loss": model.chunked_loss,
-              "activation_checkpointing": model.activation_checkpointing}
+              "optimizer": cfg.optimizer, "threads": torch.get_num_threads(), "chunked_loss": chunked,
+              "activation_checkpointing": cfg.activation_checkpointing}
     print(f"{name} | {dtype} ({dtype_reason}) | {compile_reason} | {result['params_M']:.1f}M params | "
           f"batch {result['batch']} | {dt * 1000:.1f} ms/step | {tokens / dt:,.0f} tok/s | "
           f"MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | peak {mem_kind} "

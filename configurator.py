@@ -35,6 +35,13 @@ def key(default: Any, help: str, choices: tuple | None = None, range: str | None
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "range": range})
 
 
+def keys_of(cls: type) -> type:
+    """A dataclass holding cls's fields (each default, type, meaning and allowed values) and nothing else, for
+    a script's config to inherit: train.py's model keys are GPTConfig's fields, declared once in model.py."""
+    return dataclasses.make_dataclass(f"{cls.__name__}Keys", [
+        (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)) for f in dataclasses.fields(cls)])
+
+
 def _parse_range(spec: str) -> tuple[float, float, bool, bool]:
     """(low, high, low included, high included) of "[a, b)"-style intervals."""
     lo, hi = (float(x) for x in spec[1:-1].split(","))

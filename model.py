@@ -19,59 +19,70 @@ rope + rmsnorm + qk_norm + swiglu and no bias or softcap the model is a Qwen3 mo
 Attention runs through torch's scaled_dot_product_attention and can write into a preallocated KV cache
 (KVCache) so that generation (fineweb_gpt/generation.py) feeds one new token per step. The training loss runs the
 output head and the cross-entropy together in chunks (torch's linear_cross_entropy), so the
-(tokens x vocab) logits are never held at once. This file depends on torch alone.
+(tokens x vocab) logits are never held at once (set_chunked_loss). The model is single-device code:
+activation checkpointing, compile and DDP are applied to it from outside (train.py,
+fineweb_gpt/activation_checkpointing.py). This file depends on torch alone.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
-POS_EMBS, NORMS, MLPS = ("learned", "rope"), ("layernorm", "rmsnorm"), ("gelu", "relu2", "swiglu")
 LOSS_CHUNK_ROWS = 1024  # rows of logits per chunk of the training loss: 1024 x 50304 fp32 = 206 MB
+
+
+def key(default, help: str, choices: tuple | None = None, range: str | None = None):
+    """A GPTConfig field with its one-line meaning and the values it allows (`choices`, or a `range` written
+    as an interval, "[1, inf)" or "[0, 1)"). GPTConfig checks them; train.py takes these fields as its model
+    keys, so --help, config files and the configurator's checks read them from here."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range})
+
+
+def outside(value: float, interval: str) -> bool:
+    """Whether value lies outside an interval written "[1, inf)" or "(0, 1]"."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    return value < low or value > high or (value == low and interval[0] == "(") or \
+        (value == high and interval[-1] == ")")
 
 
 @dataclass
 class GPTConfig:
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
-    pos_emb: str = "learned"
-    rope_theta: float = 10000.0  # RoFormer's base
-    norm: str = "layernorm"
-    qk_norm: bool = False
-    mlp: str = "gelu"
-    tie_embeddings: bool = True
-    logit_softcap: float = 0.0  # 0 = off
-    zero_init_proj: bool = False
+    block_size: int = key(1024, "context length in tokens", range="[1, inf)")
+    vocab_size: int = key(50304, "embedding rows: GPT-2's 50257 padded to a multiple of 64 (faster matmuls)",
+                          range="[1, inf)")
+    n_layer: int = key(12, "transformer blocks", range="[1, inf)")
+    n_head: int = key(12, "attention heads", range="[1, inf)")
+    n_embd: int = key(768, "embedding width", range="[1, inf)")
+    dropout: float = key(0.0, "dropout probability (0 for pretraining; try 0.1+ when fine-tuning)", range="[0, 1)")
+    bias: bool = key(True, "biases in Linear and LayerNorm layers, as GPT-2")
+    pos_emb: str = key("learned", "positions: 'learned' (GPT-2) or 'rope' (rotary, on queries and keys)",
+                       choices=("learned", "rope"))
+    rope_theta: float = key(10000.0, "RoPE base (RoFormer's 10000)", range="(0, inf)")
+    norm: str = key("layernorm", "'layernorm' (GPT-2) or 'rmsnorm'", choices=("layernorm", "rmsnorm"))
+    qk_norm: bool = key(False, "RMSNorm each head's queries and keys before attention")
+    mlp: str = key("gelu", "MLP activation: 'gelu' (GPT-2), 'relu2' (ReLU squared) or 'swiglu'",
+                   choices=("gelu", "relu2", "swiglu"))
+    tie_embeddings: bool = key(True, "share the token embedding with the output head, as GPT-2")
+    logit_softcap: float = key(0.0, "logits = c*tanh(logits/c) with this c (0 = off)", range="[0, inf)")
+    zero_init_proj: bool = key(False, "start the projections into the residual stream (attn/mlp c_proj) at zero")
 
     def __post_init__(self):
         problems = []
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.logit_softcap < 0:
-            problems.append(f"logit_softcap must be 0 (off) or positive, got {self.logit_softcap}")
-        for name, allowed in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for f in fields(self):
+            value, choices, interval = getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("range")
+            if choices and value not in choices:
+                problems.append(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+            if interval and outside(value, interval):
+                problems.append(f"{f.name} must be in {interval}, got {value!r}")
         if not problems and self.n_embd % self.n_head:
             problems.append(self._head_mismatch())
         elif not problems and self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             problems.append(f"pos_emb='rope' rotates pairs of dimensions, so the head size must be even; "
                             f"n_embd/n_head = {self.n_embd}/{self.n_head} = {self.n_embd // self.n_head}")
-        if self.rope_theta <= 0:
-            problems.append(f"rope_theta must be positive, got {self.rope_theta}")
         if problems:
             raise ValueError("invalid model config:\n  " + "\n  ".join(problems))
 
@@ -145,8 +156,9 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class NoRotary(nn.Module):
-    """Learned absolute positions are added to the input instead (GPT.wpe)."""
+class NoPositions(nn.Module):
+    """Where the other position scheme is chosen: the input passes unchanged. In attention under learned
+    positions (GPT.wpe adds them), and as GPT.wpe under rope (attention rotates queries and keys)."""
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         return x
@@ -161,7 +173,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.q_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
-        self.rotary = Rotary(config) if config.pos_emb == "rope" else NoRotary()
+        self.rotary = Rotary(config) if config.pos_emb == "rope" else NoPositions()
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.size()
@@ -189,25 +201,38 @@ class CausalSelfAttention(nn.Module):
 
 
 class ReLUSquared(nn.Module):
+    inputs = 1  # hidden values c_fc feeds it per output
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x).square()
 
 
 class SwiGLU(nn.Module):
     """c_fc's output holds the gate and the value side by side: silu(gate) * value."""
+    inputs = 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = x.chunk(2, dim=-1)
         return F.silu(gate) * value
 
 
+class GELU(nn.GELU):
+    """GPT-2's "gelu_new": the tanh approximation."""
+    inputs = 1
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": GELU, "relu2": ReLUSquared, "swiglu": SwiGLU}
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.mlp_hidden
-        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if config.mlp == "swiglu" else hidden, bias=config.bias)
-        self.act = {"gelu": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
-                    "relu2": ReLUSquared, "swiglu": SwiGLU}[config.mlp]()
+        self.act = ACTIVATIONS[config.mlp]()
+        self.c_fc = nn.Linear(config.n_embd, self.act.inputs * hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -258,7 +283,8 @@ class KVCache:
 
 
 class LearnedPositions(nn.Module):
-    """GPT-2's position embedding, added to the token embedding."""
+    """GPT-2's position embedding, added to the token embedding (with pos_emb='rope' the positions enter
+    attention instead)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -268,11 +294,18 @@ class LearnedPositions(nn.Module):
         return x + self.weight[start:start + x.size(1)]
 
 
-class GPT(nn.Module):
-    # Training-time switches that do not change the function computed, set by train.py (not saved):
-    chunked_loss: bool = True               # head + cross-entropy in chunks; False = materialise the logits
-    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
+class SoftCap(nn.Module):
+    """logits = cap * tanh(logits / cap): every logit within (-cap, cap) (Gemma 2)."""
 
+    def __init__(self, cap: float):
+        super().__init__()
+        self.cap = cap
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.cap * torch.tanh(logits / self.cap)
+
+
+class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -282,11 +315,13 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config, config.n_embd),
         ))
-        if config.pos_emb == "learned":
-            self.transformer.wpe = LearnedPositions(config)
+        # registered after ln_f, where GPT-2's checkpoints have it (NoPositions holds no parameters: no keys)
+        self.transformer.wpe = LearnedPositions(config) if config.pos_emb == "learned" else NoPositions()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2
+        self.softcap = SoftCap(config.logit_softcap) if config.logit_softcap else nn.Identity()
+        self.set_chunked_loss(True)
         self.init_weights()
 
     @torch.no_grad()
@@ -326,7 +361,7 @@ class GPT(nn.Module):
         """Counted from the parameters (each once): wte, wpe, lm_head (0 when tied to wte), blocks (+ ln_f), total."""
         t = self.transformer
         wte = t.wte.weight.numel()
-        wpe = t.wpe.weight.numel() if self.config.pos_emb == "learned" else 0
+        wpe = sum(p.numel() for p in t.wpe.parameters())
         head = 0 if self.config.tie_embeddings else self.lm_head.weight.numel()
         total = sum(p.numel() for p in self.parameters())
         return {"wte": wte, "wpe": wpe, "lm_head": head, "blocks": total - wte - wpe - head, "total": total}
@@ -353,30 +388,35 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        x = self.transformer.wte(idx)  # (B, T, C)
-        if self.config.pos_emb == "learned":
-            x = self.transformer.wpe(x, start)
+        x = self.transformer.wpe(self.transformer.wte(idx), start)  # (B, T, C), with learned positions added
         x = self.transformer.drop(x)
-        for i, block in enumerate(self.transformer.h):
-            if self.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, cache.layers[i] if cache is not None else None)
+        layer_caches = cache.layers if cache is not None else [None] * len(self.transformer.h)
+        for block, layer_cache in zip(self.transformer.h, layer_caches):
+            x = block(x, layer_cache)
         x = self.transformer.ln_f(x)
-        if targets is not None and self.chunked_loss and not self.config.logit_softcap:
-            return None, self.chunked_cross_entropy(x, targets)
-        logits = self.logits(x[:, -1:, :] if last_only else x)  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        if targets is None:
+            return self.logits(x[:, -1:, :] if last_only else x), None  # (B, 1 or T, vocab)
+        return self.loss(x, targets)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(x)
-        if self.config.logit_softcap:
-            cap = self.config.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
-        return logits
+        return self.softcap(self.lm_head(x))
+
+    def set_chunked_loss(self, chunked: bool) -> bool:
+        """How the training loss is computed (the same loss either way; not saved): the output head and the
+        cross-entropy together in chunks, never holding the (B*T, vocab) logits (on by default), or from
+        the full logits. A logit softcap needs the full logits, so with one the loss is never chunked.
+        Returns whether the loss is chunked."""
+        self.loss_chunked = chunked and not self.config.logit_softcap
+        self.loss = self.loss_by_chunks if self.loss_chunked else self.loss_from_logits
+        return self.loss_chunked
+
+    def loss_from_logits(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, T, vocab), mean cross-entropy over the targets that are not -1)."""
+        logits = self.logits(x)
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+
+    def loss_by_chunks(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, self.chunked_cross_entropy(x, targets)
 
     def chunked_cross_entropy(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """lm_head + cross-entropy over the (B*T) rows, LOSS_CHUNK_ROWS rows at a time: the logits exist one

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from configurator import ConfigError, key, parse_config
 from fineweb_gpt.errors import UserError
+from fineweb_gpt import runlog
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 WIDTH, HEIGHT, DPI = 10, 6, 100  # inches, inches, dots per inch: a 1000 x 600 PNG
@@ -55,16 +56,8 @@ class Run:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """metrics.jsonl's rows. A line that does not parse is skipped: train.py may be writing it right now."""
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "step" in row and "tokens" in row:
-                rows.append(row)
+    """metrics.jsonl's logged steps (a run still in progress plots what it has logged so far)."""
+    rows = [row for row in runlog.read_metrics(path) if "tokens" in row]
     if not rows:
         raise PlotError(f"{path} holds no logged step yet; plot it once train.py has logged one")
     return rows

@@ -5,16 +5,17 @@
     python train.py config/train_fineweb.py --init_from=resume --max_iters=12000
 
 Top to bottom: the config keys; one function per set-up stage (device, data, model, optimizer,
-resume, compile/DDP, logging); the checkpoint and eval helpers; then train(), which runs the stages
-in order and holds the loop. `python train.py --help` lists every key.
+batch, resume, compile/DDP); the eval and checkpoint helpers; then train(), which runs the stages in
+order and holds the loop and its update step. What the loop uses lives with its concern in
+fineweb_gpt/: the lr schedule (schedule.py), the batch arithmetic (batch.py), the checkpoint layout and
+loop state (checkpoint.py), the run log and metrics.jsonl (runlog.py), the stop signal (stop_signal.py).
+`python train.py --help` lists every key.
 """
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -24,26 +25,29 @@ from typing import NoReturn
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fineweb_gpt import autobatch
-from fineweb_gpt import distributed
-from fineweb_gpt import hardware
-from fineweb_gpt import tokenizer
-from fineweb_gpt.atomic import atomic_write, publish_copy, write_json
-from fineweb_gpt.checkpoint import (BEST, LATEST, build_model, check_resumable, load_checkpoint, rng_state,
-                        save_checkpoint, set_rng_state)
-from configurator import ConfigError, check_values, format_config, key, parse_config
-from fineweb_gpt.dataloader import TrainLoader, ValSet, check_token_ids, find_shards, read_meta
+from configurator import ConfigError, check_values, key, keys_of, parse_config
+from fineweb_gpt import distributed, hardware, schedule, tokenizer
+from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
+from fineweb_gpt.atomic import publish_copy
+from fineweb_gpt.batch import auto_batch_size, resolve_batch
+from fineweb_gpt.checkpoint import (BEST, LATEST, CheckpointError, LoopState, build_model, load_checkpoint, loop_state,
+                                    rng_state, save_checkpoint, set_rng_state, training_checkpoint)
+from fineweb_gpt.dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
 from fineweb_gpt.distributed import Env
 from fineweb_gpt.errors import UserError, raised_as
 from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
-from model import MLPS, NORMS, POS_EMBS, GPT, GPTConfig
 from fineweb_gpt.optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
+from fineweb_gpt.runlog import Clock, RunLog, duration, eta, out_dir_failed, short_count
+from fineweb_gpt.stop_signal import StopFlag
+from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+ModelKeys = keys_of(GPTConfig)  # n_layer, n_embd, ...: GPTConfig's fields, each declared once in model.py
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelKeys):
+    """train.py's keys: the model keys (first in --help), then these."""
     # I/O
     out_dir: str = key("out", "run directory: checkpoints, config.json, metrics.jsonl")
     eval_interval: int = key(250, "evaluate (and checkpoint) every this many steps, plus at the start and end",
@@ -67,7 +71,6 @@ class TrainConfig:
     batch_size: int | str = key(12, "sequences per micro-batch on each GPU/process, or 'auto': the largest that fits "
                                 "(probed on CUDA, fixed on CPU/MPS; needs total_batch_size)", range="[1, inf)",
                                 choices=("auto",))
-    block_size: int = key(1024, "context length in tokens", range="[1, inf)")
     gradient_accumulation_steps: int = key(0, "micro-batches per update summed over all ranks (0 = derive from "
                                            "total_batch_size)", range="[0, inf)")
     total_batch_size: int = key(0, "tokens per update; gradient_accumulation_steps is derived from it (0 = not set)",
@@ -78,21 +81,6 @@ class TrainConfig:
                              "(same loss; not with logit_softcap, which needs them)")
     activation_checkpointing: bool = key(False, "recompute each block's activations during backward: far less "
                                          "memory for about one more forward pass of compute")
-    # model (each key is the GPTConfig field of the same name)
-    n_layer: int = key(12, "transformer blocks", range="[1, inf)")
-    n_head: int = key(12, "attention heads", range="[1, inf)")
-    n_embd: int = key(768, "embedding width", range="[1, inf)")
-    dropout: float = key(0.0, "dropout probability (0 for pretraining; try 0.1+ when fine-tuning)", range="[0, 1)")
-    bias: bool = key(True, "biases in Linear and LayerNorm layers, as GPT-2")
-    vocab_size: int = key(50304, "embedding rows: GPT-2's 50257 padded to a multiple of 64", range="[1, inf)")
-    pos_emb: str = key("learned", "positions: 'learned' (GPT-2) or 'rope' (rotary, on queries and keys)", choices=POS_EMBS)
-    rope_theta: float = key(10000.0, "RoPE base (RoFormer's 10000)", range="(0, inf)")
-    norm: str = key("layernorm", "'layernorm' (GPT-2) or 'rmsnorm'", choices=NORMS)
-    qk_norm: bool = key(False, "RMSNorm each head's queries and keys before attention")
-    mlp: str = key("gelu", "MLP activation: 'gelu' (GPT-2), 'relu2' (ReLU squared) or 'swiglu'", choices=MLPS)
-    tie_embeddings: bool = key(True, "share the token embedding with the output head, as GPT-2")
-    logit_softcap: float = key(0.0, "logits = c*tanh(logits/c) with this c (0 = off)", range="[0, inf)")
-    zero_init_proj: bool = key(False, "start the projections into the residual stream (attn/mlp c_proj) at zero")
     # optimizer and schedule
     optimizer: str = key("adamw", "'adamw' (GPT-2's recipe) or 'muon' (Muon for the block matrices, AdamW for the "
                          "embeddings, head, norms and biases)", choices=OPTIMIZERS)
@@ -134,12 +122,6 @@ class TrainingError(UserError):
     """Stops the run with a message for the user (diverged loss, impossible config, unwritable out_dir)."""
 
 
-def out_dir_failed(e: OSError) -> TrainingError:
-    """A failed write into out_dir (a full disk, a read-only folder, a file in its place), as a message."""
-    return TrainingError(f"{e}\nA checkpoint already in out_dir is intact (every save is atomic): fix that, "
-                         f"then continue with --init_from=resume")
-
-
 def check_config(cfg: TrainConfig) -> None:
     """Every problem with the training keys in one message: each key's declared choices and range, and
     what depends on two keys (the model keys are also checked together by GPTConfig)."""
@@ -164,68 +146,6 @@ def model_config(cfg: TrainConfig) -> GPTConfig:
 def optimizer_settings(cfg: TrainConfig) -> OptimizerSettings:
     return OptimizerSettings(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                              cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum)
-
-
-def resolve_batch(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
-    """(micro-steps per rank, tokens per update), with each divisibility problem spelled out."""
-    micro = cfg.batch_size * cfg.block_size  # tokens in one micro-batch of one rank
-    accum = cfg.gradient_accumulation_steps
-    if cfg.total_batch_size > 0:
-        if cfg.total_batch_size % micro:
-            k = cfg.total_batch_size // micro
-            fixes = [f"total_batch_size={n * micro}" for n in (k, k + 1) if n > 0]
-            seqs, rem = divmod(cfg.total_batch_size, cfg.block_size)
-            if not rem:  # or keep the total and pick a micro-batch that divides it
-                below = [b for b in range(cfg.batch_size - 1, 0, -1) if seqs % b == 0][:1]
-                above = [b for b in range(cfg.batch_size + 1, seqs + 1) if seqs % b == 0][:1]
-                fixes += [f"batch_size={b}" for b in below + above]
-            raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of batch_size*block_size="
-                              f"{cfg.batch_size}*{cfg.block_size}={micro}; use " + " or ".join(fixes))
-        derived = cfg.total_batch_size // micro
-        if accum and accum != derived:
-            raise ConfigError(f"gradient_accumulation_steps={accum} disagrees with total_batch_size={cfg.total_batch_size}"
-                              f" / (batch_size*block_size={micro}) = {derived}; set only one of them")
-        accum = derived
-    accum = accum or world_size
-    if accum % world_size:
-        raise ConfigError(f"{accum} micro-batches per update do not split over {world_size} processes; use a "
-                          f"multiple of {world_size} (e.g. {max(1, round(accum / world_size)) * world_size}) "
-                          f"via gradient_accumulation_steps or total_batch_size")
-    return accum // world_size, accum * micro
-
-
-def get_lr(step: int, cfg: TrainConfig) -> float:
-    """The main group's learning rate at step: linear warmup, then down to min_lr at lr_decay_iters (default
-    max_iters), then min_lr. cosine: a half cosine; wsd: learning_rate, then a straight line over the last
-    cooldown_frac of the schedule (warmup-stable-decay, Hu et al. 2024; modded-nanogpt and nanochat)."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if cfg.lr_schedule == "wsd":
-        cooldown = max(1, round(cfg.cooldown_frac * decay_iters))
-        done = (step - (decay_iters - cooldown)) / cooldown  # <= 0 before the cooldown, 1 at its end
-        return cfg.learning_rate - min(1.0, max(0.0, done)) * (cfg.learning_rate - cfg.min_lr)
-    if step >= decay_iters:
-        return cfg.min_lr
-    ratio = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-
-SCHEDULE_KEYS = ("learning_rate", "min_lr", "max_iters", "decay_lr", "lr_schedule", "warmup_iters", "lr_decay_iters",
-                 "cooldown_frac")
-
-
-@dataclass
-class LoopState:
-    """What the loop changes and a checkpoint brings back (stored under the checkpoint's top-level keys)."""
-    step: int = 0                       # optimizer updates done
-    best_val_loss: float = math.inf
-    elapsed: float = 0.0                # seconds of training so far, across resumes
-    wandb_id: str | None = None         # so a resumed run continues the same wandb run
-    loader: dict | None = None          # the train loader's state after the last batch trained on
-    auto_batch_size: int | None = None  # the micro-batch batch_size=auto chose, so a resume does not probe again
 
 
 # ------------------------------------------------------------------ set-up stages, in the order train() runs them
@@ -315,10 +235,12 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
 def set_memory_options(model: GPT, cfg: TrainConfig, env: Env) -> None:
     """The switches that trade compute for memory (the function computed stays the same), set on the raw
     model before compile and before batch_size=auto measures what fits."""
-    model.chunked_loss, model.activation_checkpointing = cfg.chunked_loss, cfg.activation_checkpointing
-    chunked = "off" if not cfg.chunked_loss else "off (logit_softcap needs the full logits)" \
-        if model.config.logit_softcap else "on"
-    env.print0(f"memory: chunked loss {chunked}, activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}")
+    chunked = model.set_chunked_loss(cfg.chunked_loss)
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    why_not = "" if chunked or not cfg.chunked_loss else " (logit_softcap needs the full logits)"
+    env.print0(f"memory: chunked loss {'on' if chunked else 'off' + why_not}, activation checkpointing "
+               f"{'on' if cfg.activation_checkpointing else 'off'}")
 
 
 def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val_set: ValSet) -> None:
@@ -340,68 +262,48 @@ def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple
     return optimizer, peak_lrs, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
 
 
-def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, ckpt: dict | None) -> tuple[TrainConfig, int, int]:
+def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, state: LoopState) -> tuple[TrainConfig, int, int]:
     """(cfg with batch_size=auto replaced by the micro-batch chosen, micro-steps per rank, tokens per update),
-    printed."""
+    printed. The loop state keeps auto's choice, so that a resume does not probe again."""
     if cfg.batch_size == "auto":
-        cfg = replace(cfg, batch_size=auto_batch_size(cfg, env, model, optimizer, amp, ckpt))
+        cfg = replace(cfg, batch_size=auto_batch_size(cfg, env, model, optimizer, amp, state.auto_batch_size))
+        state.auto_batch_size = cfg.batch_size
+    else:
+        state.auto_batch_size = None
     accum_steps, tokens_per_step = resolve_batch(cfg, env.world_size)
     env.print0(f"batch: {tokens_per_step:,} tokens/update = {cfg.batch_size} seqs x {cfg.block_size} tokens "
                f"x {accum_steps} micro-steps x {env.world_size} processes")
     return cfg, accum_steps, tokens_per_step
 
 
-def auto_batch_size(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, ckpt: dict | None) -> int:
-    """batch_size=auto: on resume the checkpoint's choice (unless reprobe_batch_size); else the largest
-    micro-batch that fits (CUDA: probed with real training steps; CPU/MPS: a fixed size), the smallest
-    over the processes. Always a divisor of the sequences each process trains per update."""
-    group = cfg.block_size * env.world_size  # tokens of one sequence on every process
-    sequences, rem = divmod(cfg.total_batch_size, group)
-    if rem or not sequences:
-        k = cfg.total_batch_size // group
-        fixes = " or ".join(f"total_batch_size={n * group}" for n in (k, k + 1) if n > 0)
-        raise ConfigError(f"batch_size=auto: total_batch_size={cfg.total_batch_size} is not a multiple of "
-                          f"block_size*processes={cfg.block_size}*{env.world_size}={group}; use {fixes}")
-    stored = ckpt.get("auto_batch_size") if ckpt is not None else None
-    if stored and not cfg.reprobe_batch_size:  # largest divisor up to it: the process count may have changed
-        size = autobatch.largest_at_most(autobatch.divisors(sequences), stored)
-        env.print0(f"batch_size=auto: {size}, chosen when the run started and stored in the checkpoint "
-                   f"(--reprobe_batch_size=True probes again)")
-        return size
-    size, how = autobatch.choose_batch_size(model, optimizer, amp, env.device, cfg.block_size, sequences)
-    sizes = env.gather(size)
-    env.print0(f"batch_size=auto: {how}" + (f"; the processes found {sizes}: all use the smallest, {min(sizes)}"
-                                            if len(set(sizes)) > 1 else ""))
-    return min(sizes)
-
-
-def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, loader: TrainLoader) -> LoopState:
-    """The state the loop starts from. On resume, everything a checkpoint brings back is restored here:
-    loop state, optimizer, GradScaler, data position and every rank's RNG (so dropout masks continue)."""
-    if ckpt is None:
-        if env.rank:
-            torch.manual_seed(cfg.seed + env.rank)  # different dropout masks per rank
-        return LoopState(loader=loader.state_dict())
-    check_resumable(ckpt, os.path.join(cfg.out_dir, LATEST))
+def check_can_continue(ckpt: dict, state: LoopState, cfg: TrainConfig, env: Env) -> None:
+    """A resume that this config cannot continue stops here, before any batch_size=auto probing."""
     saved_optimizer = ckpt["config"].get("optimizer", "adamw")
     if saved_optimizer != cfg.optimizer:
         raise ConfigError(f"the checkpoint was trained with optimizer={saved_optimizer}, this run asks for "
                           f"optimizer={cfg.optimizer}: its optimizer state cannot carry over; resume with "
                           f"--optimizer={saved_optimizer}, or start a new run in another --out_dir")
-    state = LoopState(step=ckpt["step"], best_val_loss=ckpt["best_val_loss"], elapsed=ckpt["elapsed"],
-                      wandb_id=ckpt["wandb_run_id"], loader=ckpt["loader"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    loader.load_state_dict(ckpt["loader"])
-    old = TrainConfig(**ckpt["config"])
-    if get_lr(state.step, old) != get_lr(state.step, cfg):
-        changed = [f"{k} {getattr(old, k)} -> {getattr(cfg, k)}" for k in SCHEDULE_KEYS if getattr(old, k) != getattr(cfg, k)]
-        env.print0(f"resume: the schedule changed ({', '.join(changed)}): lr at step {state.step} goes from "
-                   f"{get_lr(state.step, old):.3g} to {get_lr(state.step, cfg):.3g}")
+    change = schedule.describe_change(state.step, TrainConfig(**ckpt["config"]), cfg)
+    if change:
+        env.print0(f"resume: {change}")
     env.print0(f"resume: from step {state.step} of {cfg.out_dir}/{LATEST}, best val loss {state.best_val_loss:.4f}")
     if state.step > cfg.max_iters:
         raise ConfigError(f"the checkpoint is at step {state.step}, past max_iters={cfg.max_iters}; "
                           f"raise max_iters to continue")
+
+
+def restore(ckpt: dict | None, state: LoopState, cfg: TrainConfig, env: Env, optimizer, scaler,
+            loader: TrainLoader) -> None:
+    """What a resume brings back besides the loop state and the weights: optimizer, GradScaler, data
+    position and every rank's RNG (so dropout masks continue). A new run starts its loader at the start."""
+    if ckpt is None:
+        state.loader = loader.state_dict()
+        if env.rank:
+            torch.manual_seed(cfg.seed + env.rank)  # different dropout masks per rank
+        return
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    loader.load_state_dict(state.loader)
     rngs = ckpt["rng"]
     if len(rngs) == env.world_size:
         set_rng_state(rngs[env.rank])
@@ -410,7 +312,6 @@ def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, lo
         env.print0(f"resume: {len(rngs)} process(es) saved RNG states, {env.world_size} now: dropout masks will differ")
         if env.rank:
             torch.manual_seed(cfg.seed + env.rank + state.step)
-    return state
 
 
 def compile_and_wrap(raw_model: GPT, cfg: TrainConfig, env: Env) -> torch.nn.Module:
@@ -421,87 +322,6 @@ def compile_and_wrap(raw_model: GPT, cfg: TrainConfig, env: Env) -> torch.nn.Mod
     if env.ddp:
         model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
     return model
-
-
-class NullLogger:
-    """wandb's interface, doing nothing, so the loop never asks whether wandb is on."""
-    id = None
-    def log(self, *args, **kwargs): pass
-    def finish(self): pass
-
-
-class RunLog:
-    """The run directory's config.json and metrics.jsonl, and wandb: written by rank 0 only."""
-
-    def __init__(self, cfg: TrainConfig, env: Env, resume_step: int | None, wandb_id: str | None, record: dict):
-        self.metrics, self.wandb = None, NullLogger()
-        if not env.master:
-            return
-        with raised_as(out_dir_failed, OSError):
-            os.makedirs(cfg.out_dir, exist_ok=True)
-            write_json(os.path.join(cfg.out_dir, "config.json"), record)
-            self.metrics = open_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step)
-        print("config:\n" + format_config(cfg), flush=True)
-        if cfg.wandb_log:
-            import wandb
-            self.wandb = wandb.init(project=cfg.wandb_project, id=wandb_id, resume="allow", config=asdict(cfg),
-                                    name=cfg.wandb_run_name or os.path.basename(cfg.out_dir.rstrip("/")), dir=cfg.out_dir)
-
-    def record(self, row: dict) -> None:
-        if self.metrics:
-            with raised_as(out_dir_failed, OSError):
-                self.metrics.write(json.dumps(row) + "\n")
-                self.metrics.flush()
-        self.wandb.log(row, step=row["step"])
-
-    def close(self) -> None:
-        if self.metrics:
-            self.metrics.close()
-        self.wandb.finish()
-
-
-def open_metrics(path: str, resume_step: int | None):
-    """metrics.jsonl, open for appending. On resume, rows of the steps about to be redone are dropped
-    (a run killed after its last checkpoint logged steps the resumed run replays)."""
-    if resume_step is None or not os.path.exists(path):
-        return open(path, "w" if resume_step is None else "a")
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                if json.loads(line)["step"] < resume_step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):  # a line cut short by a crash
-                pass
-    with atomic_write(path, "w") as f:
-        f.writelines(kept)
-    return open(path, "a")
-
-
-class StopFlag:
-    """Set by SIGINT, SIGTERM or SIGUSR1; the loop finishes its step, saves and exits."""
-    # One stop request can arrive more than once: a Ctrl-C reaches every process in the terminal's
-    # process group and a launcher may forward it again (torchrun does, then waits 30 s before SIGKILL;
-    # SLURM signals every task). Repeats this soon are the same request, not a second Ctrl-C.
-    # SIGUSR1 is what scripts/slurm_train.sh asks SLURM to send shortly before the time limit.
-    DUPLICATE_WINDOW_S = 3.0
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
-
-    def __init__(self):
-        self.signal, self.first_at = None, 0.0
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:
-            if time.monotonic() - self.first_at < self.DUPLICATE_WINDOW_S:
-                return
-            raise KeyboardInterrupt  # a second Ctrl-C, later, means now
-        self.signal, self.first_at = signal.Signals(signum).name, time.monotonic()
-        print(f"\n{self.signal} received: finishing this step, then saving and exiting (again to abort)", flush=True)
 
 
 # ------------------------------------------------------------------ helpers the loop calls
@@ -520,45 +340,19 @@ def evaluate(model: GPT, val_set: ValSet, amp, env: Env) -> float:
     return (total[0] / total[1]).item()
 
 
-def save_run(out_dir: str, names: tuple[str, ...], model: GPT, optimizer, scaler, cfg: TrainConfig,
-             state: LoopState, val_loss: float | None, tok_record: dict, env: Env) -> None:
+def save_run(cfg: TrainConfig, names: tuple[str, ...], model: GPT, optimizer, scaler, state: LoopState,
+             tok_record: dict, env: Env) -> None:
     """Checkpoint the run under each of `names` (same bytes). Called on every rank: each contributes its
     RNG state; rank 0 writes."""
     rngs = env.gather(rng_state())
     if not env.master:
         return
-    first = os.path.join(out_dir, names[0])
-    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "step": state.step, "best_val_loss": state.best_val_loss,
-                     "val_loss": val_loss, "config": asdict(cfg), "rng": rngs, "loader": state.loader,
-                     "tokenizer": tok_record, "wandb_run_id": state.wandb_id, "elapsed": state.elapsed,
-                     "auto_batch_size": state.auto_batch_size}, first)
+    first = os.path.join(cfg.out_dir, names[0])
+    save_checkpoint(training_checkpoint(model, optimizer, scaler, asdict(cfg), rngs, tok_record, state), first)
     for name in names[1:]:
         with raised_as(out_dir_failed, OSError):
-            publish_copy(first, os.path.join(out_dir, name))
-    print(f"saved {' and '.join(names)} in {out_dir} at step {state.step}", flush=True)
-
-
-def duration(seconds: float) -> str:
-    """1h02m03s, 4m05s or 6s: elapsed and ETA in the log."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def short_count(n: float) -> str:
-    """3.15B, 524.29K: token counts in the log."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def eta(recent_step_times: list[float], steps_left: int) -> str:
-    """Time to max_iters at the median of the recent update times (evals and checkpoint saves are not
-    in them; the median ignores a one-off slow step such as the first, compiled one)."""
-    times = sorted(recent_step_times)
-    return duration(times[len(times) // 2] * steps_left)
+            publish_copy(first, os.path.join(cfg.out_dir, name))
+    print(f"saved {' and '.join(names)} in {cfg.out_dir} at step {state.step}", flush=True)
 
 
 def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) -> TrainingError:
@@ -581,55 +375,57 @@ def train(cfg: TrainConfig) -> dict:
             find_shards(data_dir_of(cfg), split)
         ckpt = checkpoint_to_resume(cfg, env)
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
+        state = loop_state(ckpt, os.path.join(cfg.out_dir, LATEST))  # where the loop starts
+        if ckpt is not None:
+            check_can_continue(ckpt, state, cfg, env)
         set_memory_options(raw_model, cfg, env)
         optimizer, peak_lrs, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         # batch_size=auto is probed with the model and optimizer; the data, batched by it, comes after them
-        auto_batch = cfg.batch_size == "auto"
-        cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, raw_model, optimizer, amp, ckpt)
+        cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, raw_model, optimizer, amp, state)
         train_loader, val_set, tok_record = load_data(cfg, env)
         check_data_fits(raw_model, tok_record, train_loader, val_set)
-        state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
-        state.auto_batch_size = cfg.batch_size if auto_batch else None
-        log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_id,
+        restore(ckpt, state, cfg, env, optimizer, scaler, train_loader)
+        log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_run_id,
                      {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
                       "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device),
                       "tokenizer": tok_record})  # plot.py shows reference curves only for runs on their tokenizer
-        state.wandb_id = log.wandb.id or state.wandb_id
+        state.wandb_run_id = log.wandb.id or state.wandb_run_id
         flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
-        stop, start_step, elapsed_before, t0 = StopFlag(), state.step, state.elapsed, time.time()
+        stop, clock, start_step = StopFlag(), Clock(state.elapsed), state.step
+        resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
         last_loss = val_loss = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
         model = compile_and_wrap(raw_model, cfg, env)
         try:
             x, y, batch_state = train_loader.next_batch()
             for step in range(start_step, cfg.max_iters + 1):
-                state.step, state.elapsed = step, elapsed_before + time.time() - t0
+                state.step, state.elapsed = step, clock.elapsed()
                 last_step = step == cfg.max_iters
                 row = {"step": step, "tokens": step * tokens_per_step}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)
-                resumed_val = ckpt["val_loss"] if ckpt is not None and step == start_step else None
-                if step % cfg.eval_interval == 0 or last_step or resumed_val is not None:
-                    row["val_loss"] = val_loss = evaluate(raw_model, val_set, amp, env)
+                before_stop = resumed_val if step == start_step else None
+                if step % cfg.eval_interval == 0 or last_step or before_stop is not None:
+                    row["val_loss"] = val_loss = state.val_loss = evaluate(raw_model, val_set, amp, env)
                     val_bpb = val_set.bits_per_byte(val_loss)
                     if val_bpb is not None:
                         row["val_bpb"] = val_bpb
                     env.print0(f"step {step}: val loss {val_loss:.4f}" +
-                               (f" (before the stop: {resumed_val:.4f})" if resumed_val is not None else "") +
+                               (f" (before the stop: {before_stop:.4f})" if before_stop is not None else "") +
                                f" | val bpb {f'{val_bpb:.4f}' if val_bpb is not None else 'n/a'} | "
-                               f"elapsed {duration(elapsed_before + time.time() - t0)}")
+                               f"elapsed {duration(clock.elapsed())}")
                     names = ((LATEST,) if cfg.always_save_checkpoint or last_step else ()) + \
                             ((BEST,) if val_loss < state.best_val_loss else ())
                     state.best_val_loss = min(state.best_val_loss, val_loss)
                     if step > start_step and names:
-                        save_run(cfg.out_dir, names, raw_model, optimizer, scaler, cfg, state, val_loss, tok_record, env)
+                        save_run(cfg, names, raw_model, optimizer, scaler, state, tok_record, env)
                 if last_step:
-                    log.record({**row, "elapsed": elapsed_before + time.time() - t0})
+                    log.record({**row, "elapsed": clock.elapsed()})
                     break
 
                 # ---- one optimizer update: accum_steps micro-batches, then clip, step
                 t_step = time.time()
-                lr = get_lr(step, cfg)
+                lr = schedule.get_lr(step, cfg)
                 for group, peak in zip(optimizer.param_groups, peak_lrs):
                     group["lr"] = peak * lr / cfg.learning_rate  # every group follows the main group's schedule
                 loss_sum = torch.zeros((), device=env.device)
@@ -657,7 +453,7 @@ def train(cfg: TrainConfig) -> dict:
                     mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,
-                               elapsed=elapsed_before + time.time() - t0, peak_mem_gib=mem)
+                               elapsed=clock.elapsed(), peak_mem_gib=mem)
                     env.print0(f"step {step}: loss {last_loss:.4f} | lr {lr:.3e} | grad norm {grad_norm:.3f} | "
                                f"{tokens_per_step / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
                                f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms | "
@@ -666,8 +462,8 @@ def train(cfg: TrainConfig) -> dict:
                 if len(row) > 2:
                     log.record(row)
                 if env.any(stop.signal is not None):  # every rank stops at the same step
-                    state.step, state.elapsed = step + 1, elapsed_before + time.time() - t0
-                    save_run(cfg.out_dir, (LATEST,), raw_model, optimizer, scaler, cfg, state, None, tok_record, env)
+                    state.step, state.elapsed, state.val_loss = step + 1, clock.elapsed(), None  # no eval at step + 1
+                    save_run(cfg, (LATEST,), raw_model, optimizer, scaler, state, tok_record, env)
                     env.print0(f"stopped after step {step + 1}; continue with --init_from=resume (or auto)")
                     break
         finally:

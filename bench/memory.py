@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 import torch.nn.functional as F
 
+from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from configurator import ConfigError, key, run_main
 from model import GPT, LOSS_CHUNK_ROWS, GPTConfig
 from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
@@ -105,8 +106,9 @@ def build(cfg: MemoryBenchConfig, variant: str):
         optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")  # as nanoGPT's train.py
         return model.train(), optimizer, f"nanoGPT's AdamW ({adamw_kind(optimizer)})"
     model = GPT(GPTConfig(**shape)).train()
-    model.chunked_loss = variant.startswith("chunked")
-    model.activation_checkpointing = "+ckpt" in variant
+    model.set_chunked_loss(variant.startswith("chunked"))
+    if "+ckpt" in variant:
+        apply_activation_checkpointing(model)
     optimizer, _ = make_optimizer(model, OptimizerSettings("adamw", 6e-4, 0.1, (0.9, 0.95)))
     return model, optimizer, f"AdamW ({adamw_kind(optimizer)})"
 

@@ -18,7 +18,6 @@ Results go to out_dir/results.json; each run's metrics.jsonl lies in out_dir/<re
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -33,11 +32,13 @@ import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt.atomic import atomic_write, write_json
+from fineweb_gpt.checkpoint import load_checkpoint
 from configurator import ConfigError, key, run_main
 from fineweb_gpt.dataloader import ValSet, find_shards, header_for, open_shard
 from fineweb_gpt.inference import load_for_inference
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
+from fineweb_gpt.runlog import METRICS, read_metrics
 from train import TrainConfig, model_config, optimizer_settings, train
 
 # Each recipe's keys; the learning rate (of the block matrices) is swept. "modern" is what config/train_fineweb.py
@@ -132,8 +133,7 @@ def train_run(b: RecipeBenchConfig, recipe: str, lr: float, data: dict[str, str]
     model = load_for_inference(out_dir).model
     select = ValSet(data["select"], b.batch_size, b.block_size, b.eval_iters)
     amp = hardware.autocast(b.device, hardware.pick_dtype(b.dtype, b.device)[0])
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
+    rows = read_metrics(os.path.join(out_dir, METRICS))
     curve = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
     result = {"recipe": recipe, "lr": lr, "select_loss": val_loss(model.to(b.device), select, amp),
               "final_loss": curve[-1][1], "curve": curve, "wall_s": time.time() - t}
@@ -147,9 +147,9 @@ def finished(out_dir: str, cfg: TrainConfig) -> bool:
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(path):
         return False
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     defaults = asdict(TrainConfig())  # a key train.py gained since that run counts at its default
-    return ckpt["step"] == cfg.max_iters and {**defaults, **ckpt["config"]} == asdict(cfg)
+    return ckpt["loop"]["step"] == cfg.max_iters and {**defaults, **ckpt["config"]} == asdict(cfg)
 
 
 def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:

@@ -1,12 +1,15 @@
 """Checkpoints on disk: written atomically, loaded with errors that say what to do.
 
 A checkpoint is a dict saved by torch.save: model (canonical keys: no `_orig_mod.` or `module.`),
-model_args, optimizer, scaler, step, config, rng, loader, tokenizer, ... (train.py's save_run).
+model_args, and for a training run optimizer, scaler, config, rng (one state per process), tokenizer and
+loop (LoopState, one record: step, best val loss, data position, ...); see training_checkpoint.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -16,6 +19,30 @@ from fineweb_gpt.errors import UserError, raised_as
 from model import GPT, GPTConfig
 
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
+
+
+@dataclass
+class LoopState:
+    """What the training loop changes and a resume brings back, saved as one record (ckpt["loop"]).
+    A field added here is saved and restored with the rest; checkpoints saved before it read its default."""
+    step: int = 0                       # optimizer updates done
+    best_val_loss: float = math.inf
+    val_loss: float | None = None       # measured at `step`, if an eval ran there (a resume evaluates again)
+    elapsed: float = 0.0                # seconds of training so far, across resumes
+    wandb_run_id: str | None = None     # so a resumed run continues the same wandb run
+    loader: dict | None = None          # the train loader's state after the last batch trained on
+    auto_batch_size: int | None = None  # the micro-batch batch_size=auto chose, so a resume does not probe again
+
+
+# What a resume reads besides the model; each is written by training_checkpoint.
+RESUME_KEYS = ("loop", "optimizer", "scaler", "rng", "config", "tokenizer")
+
+
+def training_checkpoint(model: GPT, optimizer, scaler, config: dict, rngs: list[dict], tokenizer: dict,
+                        loop: LoopState) -> dict:
+    """Everything a run resumes from; model and model_args alone are what sample.py and export.py read."""
+    return {"model": model.state_dict(), "model_args": asdict(model.config), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "config": config, "rng": rngs, "tokenizer": tokenizer, "loop": asdict(loop)}
 
 
 class CheckpointError(UserError):
@@ -79,11 +106,29 @@ def load_checkpoint(path: str) -> dict:
     # causal mask as a buffer (attn.bias, 4-D), which our attention does not need
     ckpt["model"] = {k: v for k, v in canonical_state_dict(ckpt["model"]).items()
                      if not (k.endswith(".attn.bias") and v.dim() == 4)}
+    gather_flat_loop_state(ckpt)
     return ckpt
 
 
-RESUME_KEYS = ("step", "optimizer", "scaler", "loader", "rng", "config", "best_val_loss", "val_loss", "elapsed",
-               "wandb_run_id", "tokenizer")
+def gather_flat_loop_state(ckpt: dict) -> None:
+    """Conversion of the layout before the loop state was one record: its fields sat at the top level under
+    their own names (step, best_val_loss, val_loss, elapsed, wandb_run_id, loader, auto_batch_size), so
+    those runs still resume. (nanoGPT's checkpoints count iter_num, not step: they are left alone.)"""
+    if "loop" not in ckpt and "step" in ckpt and "loader" in ckpt:
+        ckpt["loop"] = {f.name: ckpt.pop(f.name) for f in fields(LoopState) if f.name in ckpt}
+
+
+def loop_state(ckpt: dict | None, path: str) -> LoopState:
+    """The loop state a checkpoint saved, once it is known to hold all a resume needs (a new LoopState for a
+    new run: ckpt None)."""
+    if ckpt is None:
+        return LoopState()
+    check_resumable(ckpt, path)
+    unknown = sorted(set(ckpt["loop"]) - {f.name for f in fields(LoopState)})
+    if unknown:
+        raise CheckpointError(f"{path} was written by a newer version of fineweb-gpt (its loop state holds "
+                              f"{unknown}); update fineweb-gpt to resume it")
+    return LoopState(**ckpt["loop"])
 
 
 def check_resumable(ckpt: dict, path: str) -> None:

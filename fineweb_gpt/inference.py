@@ -29,4 +29,4 @@ def load_for_inference(out_dir: str, ckpt: str = "latest", init_from: str = "res
         raise CheckpointError(f"{path} records no tokenizer and its model has {model.config.vocab_size} embeddings, "
                               f"fewer than GPT-2's {tokenizer.GPT2['vocab_size']} tokens (a character-level model from "
                               f"another trainer?); a checkpoint is decoded with the tokenizer it records, else GPT-2's")
-    return TrainedModel(model, tokenizer.describe(saved.get("tokenizer")), saved.get("step"))
+    return TrainedModel(model, tokenizer.describe(saved.get("tokenizer")), saved.get("loop", {}).get("step"))

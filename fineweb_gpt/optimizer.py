@@ -74,7 +74,7 @@ def param_groups(model: GPT, s: OptimizerSettings) -> list[dict]:
                  "weight_decay": 0.0}]
     scale = (REFERENCE_WIDTH / model.config.n_embd) ** 0.5
     head = model.lm_head.weight  # with tied embeddings also the token embedding: the head's rate applies
-    embeddings = [p for p in [t.wte.weight] + ([t.wpe.weight] if "wpe" in t else []) if p is not head]
+    embeddings = [p for p in [t.wte.weight, *t.wpe.parameters()] if p is not head]  # wpe: none under rope
     matrices = [p for block in t.h for p in block.parameters() if p.dim() == 2]
     taken = {id(p) for p in [head, *embeddings, *matrices]}
     scalars = [p for p in params if id(p) not in taken]

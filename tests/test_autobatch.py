@@ -9,6 +9,7 @@ import torch
 from fineweb_gpt import autobatch
 import train
 from configurator import ConfigError
+from fineweb_gpt.activation_checkpointing import is_checkpointed
 from fineweb_gpt.distributed import Env
 from conftest import metrics, run_train, tiny_model
 from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
@@ -128,7 +129,7 @@ def test_train_with_batch_size_auto_on_cpu_and_resume_keeps_the_stored_choice(sy
     run_train(synthetic_shards, tmp_path, "--max_iters=2", *common)
     assert "batch: 512 tokens/update = 4 seqs x 32 tokens x 4 micro-steps" in capsys.readouterr().out
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert saved["auto_batch_size"] == 4 and saved["config"]["batch_size"] == 4
+    assert saved["loop"]["auto_batch_size"] == 4 and saved["config"]["batch_size"] == 4
 
     monkeypatch.setattr(autobatch, "FIXED_TOKENS", 4096)  # a fresh choice would now be 16
     run_train(synthetic_shards, tmp_path, "--max_iters=4", "--init_from=resume", *common)
@@ -137,7 +138,7 @@ def test_train_with_batch_size_auto_on_cpu_and_resume_keeps_the_stored_choice(sy
     assert "= 4 seqs x 32 tokens x 4 micro-steps" in out
     run_train(synthetic_shards, tmp_path, "--max_iters=6", "--init_from=resume", "--reprobe_batch_size=True", *common)
     assert "= 16 seqs x 32 tokens x 1 micro-steps" in capsys.readouterr().out
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["auto_batch_size"] == 16
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["loop"]["auto_batch_size"] == 16
 
 
 def test_val_batch_size_keeps_the_val_set_whatever_micro_batch_auto_picks(synthetic_shards, tmp_path, monkeypatch):
@@ -163,7 +164,7 @@ def test_memory_options_reach_the_model(synthetic_shards, tmp_path, capsys):
     cfg = train.TrainConfig(chunked_loss=False, activation_checkpointing=True, logit_softcap=0.0)
     model = tiny_model()
     train.set_memory_options(model, cfg, Env("cpu"))
-    assert (model.chunked_loss, model.activation_checkpointing) == (False, True)
+    assert not model.loss_chunked and all(is_checkpointed(block) for block in model.transformer.h)
     assert "chunked loss off, activation checkpointing on" in capsys.readouterr().out
     run_train(synthetic_shards, tmp_path, "--max_iters=1", "--activation_checkpointing=True", "--logit_softcap=15")
     assert "chunked loss off (logit_softcap needs the full logits), activation checkpointing on" in capsys.readouterr().out

@@ -123,7 +123,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_a_message_and_the_old_one_surv
     after = snapshot(tmp_path)
     assert {p: after[p] for p in before if p.endswith(".pt")} == {p: d for p, d in before.items() if p.endswith(".pt")}
     assert not [p for p in after if p.endswith(".tmp")]
-    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 2
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["loop"]["step"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -314,9 +314,9 @@ def test_kill_9_while_a_checkpoint_is_written_keeps_the_previous_one(synthetic_s
     assert (out / "ckpt.pt.tmp").exists()
     job.send_signal(signal.SIGKILL)
     job.communicate(timeout=30)
-    assert (out / "ckpt.pt").read_bytes() == first and load_checkpoint(str(out / "ckpt.pt"))["step"] == 2
+    assert (out / "ckpt.pt").read_bytes() == first and load_checkpoint(str(out / "ckpt.pt"))["loop"]["step"] == 2
     run_train(synthetic_shards, out, "--max_iters=6", "--eval_interval=2", "--init_from=resume")
-    assert sorted(losses(out)) == list(range(6)) and load_checkpoint(str(out / "ckpt.pt"))["step"] == 6
+    assert sorted(losses(out)) == list(range(6)) and load_checkpoint(str(out / "ckpt.pt"))["loop"]["step"] == 6
     assert [r["step"] for r in metrics(out)] == list(range(7))
 
 

@@ -1,13 +1,14 @@
 """Checkpoints: canonical and complete as training writes them, atomic on a crash, clear errors when unreadable."""
 import hashlib
+import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pytest
 import torch
 
 from fineweb_gpt import checkpoint
-from conftest import run_train
+from conftest import losses, run_train
 from model import GPT, GPTConfig
 
 
@@ -21,9 +22,11 @@ def test_checkpoint_is_canonical_and_complete(synthetic_shards, tmp_path):
     raw = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert not [k for k in raw["model"] if k.startswith(("_orig_mod.", "module."))]
     assert set(raw["model"]) == set(GPT(GPTConfig(**ckpt["model_args"])).state_dict())
-    for k in ("optimizer", "scaler", "step", "config", "rng", "loader", "tokenizer", "best_val_loss"):
+    for k in ("optimizer", "scaler", "config", "rng", "tokenizer", "loop"):
         assert k in ckpt
-    assert ckpt["step"] == 2 and ckpt["tokenizer"]["name"] == "gpt2"
+    assert set(ckpt["loop"]) == {f.name for f in fields(checkpoint.LoopState)}  # the loop state, as one record
+    assert ckpt["loop"]["step"] == 2 and ckpt["loop"]["loader"] and ckpt["loop"]["best_val_loss"] < math.inf
+    assert ckpt["tokenizer"]["name"] == "gpt2"
     assert (tmp_path / "ckpt_best.pt").exists()
 
 def test_a_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -67,6 +70,28 @@ def test_resume_from_an_incompatible_checkpoint_is_explained(synthetic_shards, t
                                str(tmp_path / "ckpt.pt"))
     with pytest.raises(checkpoint.CheckpointError, match="does not fit this version's GPT"):
         run_train(synthetic_shards, tmp_path, "--init_from=resume")
+
+
+def test_a_checkpoint_with_the_loop_state_at_the_top_level_still_resumes_exactly(synthetic_shards, tmp_path):
+    # the layout written before the loop state was one record: its fields beside model, optimizer, ...
+    run_train(synthetic_shards, tmp_path / "whole", "--max_iters=4", "--eval_interval=2", "--dropout=0.1")
+    run_train(synthetic_shards, tmp_path / "flat", "--max_iters=2", "--eval_interval=2", "--dropout=0.1")
+    ckpt = torch.load(tmp_path / "flat" / "ckpt.pt", weights_only=True)
+    ckpt.update(ckpt.pop("loop"))
+    assert "step" in ckpt and "loop" not in ckpt
+    checkpoint.save_checkpoint(ckpt, str(tmp_path / "flat" / "ckpt.pt"))
+    run_train(synthetic_shards, tmp_path / "flat", "--max_iters=4", "--eval_interval=2", "--dropout=0.1",
+              "--init_from=resume")
+    assert losses(tmp_path / "flat") == losses(tmp_path / "whole")
+
+
+def test_a_loop_state_from_a_newer_version_is_refused(synthetic_shards, tmp_path):
+    run_train(synthetic_shards, tmp_path, "--max_iters=1", "--eval_interval=1")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ckpt["loop"]["ema_decay"] = 0.99
+    checkpoint.save_checkpoint(ckpt, str(tmp_path / "ckpt.pt"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"newer version of fineweb-gpt .*\['ema_decay'\]"):
+        run_train(synthetic_shards, tmp_path, "--max_iters=2", "--init_from=resume")
 
 
 def test_an_older_layout_is_refused_for_resume_with_a_message(synthetic_shards, tmp_path):

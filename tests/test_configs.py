@@ -10,6 +10,7 @@ import pytest
 import train
 from configurator import parse_config
 from conftest import ROOT
+from fineweb_gpt.batch import resolve_batch
 from model import count_params
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
@@ -25,11 +26,11 @@ def test_config_loads_and_its_comment_states_the_real_size(path):
     assert float(stated.group(1)) == round(count_params(model)["total"] / 1e6, 1)
     if cfg.batch_size == "auto":  # the micro-batch is chosen at run time; the tokens per update are fixed
         cfg = dataclasses.replace(cfg, batch_size=1)
-    per_rank, tokens = train.resolve_batch(cfg, 1)
+    per_rank, tokens = resolve_batch(cfg, 1)
     stated_tokens = re.search(r"([\d,]+) tokens per (step|update)", open(path).read())
     assert int(stated_tokens.group(1).replace(",", "")) == tokens
     if "fineweb" in os.path.basename(path):
-        assert tokens == 524288 and train.resolve_batch(cfg, 8) == (per_rank // 8, tokens)
+        assert tokens == 524288 and resolve_batch(cfg, 8) == (per_rank // 8, tokens)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

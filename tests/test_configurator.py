@@ -1,6 +1,7 @@
 """The config system: typos and type errors are caught and explained, never silently accepted."""
 import subprocess
 import sys
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -127,3 +128,17 @@ def test_an_int_key_that_also_takes_a_word(tmp_path):
         with pytest.raises(ConfigError, match=expected):
             parse_config(AutoCfg, [arg])
     assert "--batch_size=8  (int or str)  sequences, or 'auto' [>= 1 or auto]" in help_text(AutoCfg, "t")
+
+
+def test_train_takes_each_model_key_from_gpt_config():
+    # one source: default, meaning and allowed values are GPTConfig's, so train.py cannot drift from model.py
+    import train
+    from model import GPTConfig
+    train_keys = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
+    for f in dataclasses.fields(GPTConfig):
+        assert f.metadata["help"], f.name
+        assert (train_keys[f.name].default, train_keys[f.name].metadata) == (f.default, f.metadata), f.name
+    with pytest.raises(ConfigError, match="'n_head' must be >= 1, got 0"):
+        parse_config(train.TrainConfig, ["--n_head=0"])
+    with pytest.raises(ValueError, match="n_head must be in \\[1, inf\\), got 0"):
+        GPTConfig(n_head=0)

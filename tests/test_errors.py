@@ -97,7 +97,7 @@ def run_dir(tmp_path_factory):
     """A checkpoint as train.py writes it, of a tiny model with GPT-2's vocabulary."""
     out = tmp_path_factory.mktemp("run")
     model = tiny_model(vocab_size=50304)
-    checkpoint.save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "step": 3,
+    checkpoint.save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "loop": {"step": 3},
                                 "tokenizer": tokenizer.describe(None)}, str(out / "ckpt.pt"))
     return out
 

@@ -2,7 +2,7 @@
 import math
 import re
 
-import train
+from fineweb_gpt import runlog
 from conftest import losses, metrics, run_train
 from fineweb_gpt.dataloader import ValSet, read_meta
 
@@ -55,5 +55,5 @@ def test_no_bpb_for_shards_without_meta(synthetic_shards, tmp_path, capsys):
 
 
 def test_eta_uses_the_median_of_recent_update_times():
-    assert train.eta([0.5, 60.0, 0.5], 120) == "1m00s"  # one slow (compiling) step does not count
-    assert train.duration(3723) == "1h02m03s" and train.short_count(3_145_728_000) == "3.15B"
+    assert runlog.eta([0.5, 60.0, 0.5], 120) == "1m00s"  # one slow (compiling) step does not count
+    assert runlog.duration(3723) == "1h02m03s" and runlog.short_count(3_145_728_000) == "3.15B"

@@ -117,12 +117,12 @@ def test_slurm_script_stops_on_the_time_limit_signal_and_a_resubmit_continues(sy
     assert job.returncode == 0, stdout[-2000:] + stderr[-3000:]
     assert "SIGUSR1 received" in stdout and "continue with --init_from=resume" in stdout
     stopped = checkpoint.load_checkpoint(str(out / "ckpt.pt"))
-    assert stopped["step"] == max(losses(out)) + 1 and len(stopped["rng"]) == 2
+    assert stopped["loop"]["step"] == max(losses(out)) + 1 and len(stopped["rng"]) == 2
     # the resubmitted job (same command, a later limit) continues from the checkpoint
     resumed = subprocess.run(["bash", os.path.join(ROOT, "scripts", "slurm_train.sh"), *args,
-                              f"--max_iters={stopped['step'] + 2}"], capture_output=True, text=True, env=slurm_env,
+                              f"--max_iters={stopped['loop']['step'] + 2}"], capture_output=True, text=True, env=slurm_env,
                              cwd=tmp_path, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resume: from step {stopped['step']}" in resumed.stdout
-    assert sorted(losses(out)) == list(range(stopped["step"] + 2))
-    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == stopped["step"] + 2
+    assert f"resume: from step {stopped['loop']['step']}" in resumed.stdout
+    assert sorted(losses(out)) == list(range(stopped["loop"]["step"] + 2))
+    assert torch.load(out / "ckpt.pt", weights_only=True)["loop"]["step"] == stopped["loop"]["step"] + 2

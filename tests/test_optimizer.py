@@ -5,7 +5,8 @@ import torch
 from conftest import OPTION_SETS
 from conftest import tiny_model as tiny
 from fineweb_gpt.optimizer import OptimizerSet, OptimizerSettings, make_optimizer, param_groups
-from train import TrainConfig, get_lr
+from fineweb_gpt.schedule import get_lr
+from train import TrainConfig
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon"])

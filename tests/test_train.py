@@ -17,6 +17,8 @@ import train
 from configurator import ConfigError, parse_config
 from conftest import ROOT, TINY, losses, metrics, run_train
 from fineweb_gpt.dataloader import ShardError
+from fineweb_gpt.batch import resolve_batch
+from fineweb_gpt.stop_signal import StopFlag
 from model import GPT, GPTConfig
 
 TIMING = ("elapsed", "tok_per_s", "peak_mem_gib")
@@ -121,14 +123,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_good_checkpoint(synthetic_shards, 
 
 def test_batch_arithmetic_is_explained():
     cfg = parse_config(train.TrainConfig, ["--batch_size=8", "--block_size=1024", "--total_batch_size=524288"])
-    assert train.resolve_batch(cfg, 1) == (64, 524288)
-    assert train.resolve_batch(cfg, 8) == (8, 524288)
+    assert resolve_batch(cfg, 1) == (64, 524288)
+    assert resolve_batch(cfg, 8) == (8, 524288)
     with pytest.raises(ConfigError, match="64 micro-batches per update do not split over 3 processes"):
-        train.resolve_batch(cfg, 3)
+        resolve_batch(cfg, 3)
     odd = parse_config(train.TrainConfig, ["--batch_size=12", "--block_size=1024", "--total_batch_size=524288"])
     with pytest.raises(ConfigError, match="multiple of batch_size\\*block_size=12\\*1024=12288; use total_batch_size=516096 or "
                        "total_batch_size=528384 or batch_size=8 or batch_size=16"):
-        train.resolve_batch(odd, 1)
+        resolve_batch(odd, 1)
 
 
 def test_data_too_small_for_block_size(synthetic_shards, tmp_path):
@@ -144,7 +146,7 @@ def test_mfu_uses_the_peak_override(synthetic_shards, tmp_path):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
     model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
-    model.chunked_loss = False  # the counter does not see inside the chunked loss
+    model.set_chunked_loss(False)  # the counter does not see inside the chunked loss
     x = torch.randint(0, 50257, (4, 32))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x, x)[1].backward()
@@ -158,12 +160,12 @@ def test_wandb_offline_run_is_written_and_resumed(synthetic_shards, tmp_path, mo
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_train(synthetic_shards, tmp_path, "--max_iters=2", "--eval_interval=1", "--wandb_log=True", "--wandb_run_name=t")
-    run_id = torch.load(tmp_path / "ckpt.pt", weights_only=True)["wandb_run_id"]
+    run_id = torch.load(tmp_path / "ckpt.pt", weights_only=True)["loop"]["wandb_run_id"]
     runs = [d for d in os.listdir(tmp_path / "wandb") if d.startswith("offline-run-")]
     assert len(runs) == 1 and runs[0].endswith(run_id)
     assert any(f.endswith(".wandb") for f in os.listdir(tmp_path / "wandb" / runs[0]))
     run_train(synthetic_shards, tmp_path, "--max_iters=3", "--eval_interval=1", "--wandb_log=True", "--init_from=resume")
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["wandb_run_id"] == run_id
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["loop"]["wandb_run_id"] == run_id
 
 
 def _env():
@@ -233,7 +235,7 @@ def test_ctrl_c_under_torchrun_saves_and_exits(synthetic_shards, tmp_path):
     assert "SIGINT received" in out and "continue with --init_from=resume" in out, err[-3000:]
     assert "KeyboardInterrupt" not in err
     ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
-    assert ckpt["step"] == max(losses(tmp_path)) + 1 and len(ckpt["rng"]) == 2
+    assert ckpt["loop"]["step"] == max(losses(tmp_path)) + 1 and len(ckpt["rng"]) == 2
 
 
 @pytest.mark.slow
@@ -251,14 +253,14 @@ def test_sigint_finishes_the_step_saves_and_resumes(synthetic_shards, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     assert "SIGINT received" in out and "continue with --init_from=resume" in out
     ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
-    stopped = ckpt["step"]
+    stopped = ckpt["loop"]["step"]
     assert stopped == max(losses(tmp_path)) + 1  # the step in flight was finished, then saved
     run_train(synthetic_shards, tmp_path, f"--max_iters={stopped + 2}", "--eval_interval=100000", "--init_from=resume")
     assert max(losses(tmp_path)) == stopped + 1
 
 
 def test_a_repeated_stop_signal_is_one_request_and_a_later_one_aborts():
-    stop = train.StopFlag()
+    stop = StopFlag()
     try:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
@@ -268,7 +270,7 @@ def test_a_repeated_stop_signal_is_one_request_and_a_later_one_aborts():
         except KeyboardInterrupt:
             pytest.fail("a repeat of the same stop request aborted the run")
         assert stop.signal == "SIGINT"
-        stop.first_at -= train.StopFlag.DUPLICATE_WINDOW_S  # seconds later: a real second Ctrl-C
+        stop.first_at -= StopFlag.DUPLICATE_WINDOW_S  # seconds later: a real second Ctrl-C
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)

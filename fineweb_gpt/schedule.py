@@ -1,0 +1,48 @@
+"""The learning-rate schedule: linear warmup, then a cosine or warmup-stable-decay (WSD) descent to min_lr."""
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+
+class ScheduleKeys(Protocol):
+    """The config keys the schedule reads (train.py's TrainConfig has them all)."""
+    learning_rate: float
+    min_lr: float
+    max_iters: int
+    decay_lr: bool
+    lr_schedule: str
+    warmup_iters: int
+    lr_decay_iters: int
+    cooldown_frac: float
+
+
+SCHEDULE_KEYS = tuple(ScheduleKeys.__annotations__)
+
+
+def get_lr(step: int, cfg: ScheduleKeys) -> float:
+    """The main group's learning rate at step: linear warmup, then down to min_lr at lr_decay_iters (default
+    max_iters), then min_lr. cosine: a half cosine; wsd: learning_rate, then a straight line over the last
+    cooldown_frac of the schedule (warmup-stable-decay, Hu et al. 2024; modded-nanogpt and nanochat)."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if cfg.lr_schedule == "wsd":
+        cooldown = max(1, round(cfg.cooldown_frac * decay_iters))
+        done = (step - (decay_iters - cooldown)) / cooldown  # <= 0 before the cooldown, 1 at its end
+        return cfg.learning_rate - min(1.0, max(0.0, done)) * (cfg.learning_rate - cfg.min_lr)
+    if step >= decay_iters:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def describe_change(step: int, old: ScheduleKeys, new: ScheduleKeys) -> str | None:
+    """On resume: what moves the learning rate at step from the old run's schedule to this one's, or None."""
+    if get_lr(step, old) == get_lr(step, new):
+        return None
+    changed = [f"{k} {getattr(old, k)} -> {getattr(new, k)}" for k in SCHEDULE_KEYS if getattr(old, k) != getattr(new, k)]
+    return (f"the schedule changed ({', '.join(changed)}): lr at step {step} goes from {get_lr(step, old):.3g} "
+            f"to {get_lr(step, new):.3g}")
