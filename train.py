@@ -104,6 +104,8 @@ class TrainConfig:
     scalar_lr: float = key(0.02, "muon: AdamW peak lr of norm gains and biases, at n_embd=768; scaled by "
                            "sqrt(768/n_embd)", range="[0, inf)")
     muon_momentum: float = key(0.95, "muon: Nesterov momentum", range="[0, 1)")
+    muon_ns_dtype: str = key("auto", "muon: dtype of the Newton-Schulz iteration: 'auto' (bfloat16 where the device "
+                             "computes it natively, else float32), 'bfloat16' or 'float32'", choices=hardware.MUON_NS_DTYPES)
     max_iters: int = key(5000, "optimizer updates in the whole run", range="[0, inf)")
     weight_decay: float = key(0.1, "decoupled weight decay of the matrices (adamw: and embeddings)", range="[0, inf)")
     beta1: float = key(0.9, "AdamW beta1", range="[0, 1)")
@@ -153,7 +155,8 @@ def model_config(cfg: TrainConfig) -> GPTConfig:
 
 def optimizer_settings(cfg: TrainConfig) -> OptimizerSettings:
     return OptimizerSettings(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                             cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum)
+                             cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum,
+                             cfg.muon_ns_dtype)
 
 
 def resolve_batch(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
@@ -240,9 +243,6 @@ def refuse_to_overwrite(cfg: TrainConfig) -> None:
 def setup_device(cfg: TrainConfig, env: Env, device_reason: str) -> tuple[str, object]:
     """(dtype, autocast context), each choice printed."""
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, env.device)
-    if env.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: free speed, tiny error
-        torch.backends.cudnn.allow_tf32 = True
     env.print0(f"device: {env.device} ({hardware.device_name(env.device)}; {device_reason}), world size {env.world_size}")
     env.print0(f"dtype: {dtype} ({dtype_reason})")
     return dtype, hardware.autocast(env.device, dtype)
@@ -403,14 +403,20 @@ def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, lo
     return state
 
 
-def compile_and_wrap(raw_model: GPT, cfg: TrainConfig, env: Env) -> torch.nn.Module:
-    """The model the loop trains: compiled and/or DDP-wrapped; raw_model stays unwrapped (saved, evaluated)."""
+def compile_model(raw_model: GPT, cfg: TrainConfig, env: Env) -> torch.nn.Module:
+    """raw_model compiled (or itself); raw_model stays unwrapped (saved, evaluated)."""
     use_compile, compile_reason = hardware.pick_compile(cfg.compile, env.device)
     env.print0(f"compile: {compile_reason}")
-    model = torch.compile(raw_model) if use_compile else raw_model
-    if env.ddp:
-        model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
-    return model
+    return torch.compile(raw_model) if use_compile else raw_model
+
+
+def wrap_ddp(model: torch.nn.Module, env: Env) -> torch.nn.Module:
+    """The model the loop trains: DDP-wrapped under torchrun. gradient_as_bucket_view: the gradients are views
+    into DDP's all-reduce buckets, not a second fp32 copy of every gradient."""
+    if not env.ddp:
+        return model
+    return DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None,
+               gradient_as_bucket_view=True)
 
 
 class NullLogger:
@@ -570,9 +576,10 @@ def train(cfg: TrainConfig) -> dict:
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
         set_memory_options(raw_model, cfg, env)
         optimizer, peak_lrs, scaler = setup_optimizer(raw_model, cfg, env, dtype)
-        # batch_size=auto is probed with the model and optimizer; the data, batched by it, comes after them
+        # batch_size=auto is probed with the compiled model and the optimizer; the data, batched by it, comes after
         auto_batch = cfg.batch_size == "auto"
-        cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, raw_model, optimizer, amp, ckpt)
+        compiled = compile_model(raw_model, cfg, env)
+        cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, compiled, optimizer, amp, ckpt)
         train_loader, val_set, tok_record = load_data(cfg, env)
         check_data_fits(raw_model, tok_record, train_loader, val_set)
         state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
@@ -586,7 +593,7 @@ def train(cfg: TrainConfig) -> dict:
         stop, start_step, elapsed_before, t0 = StopFlag(), state.step, state.elapsed, time.time()
         last_loss = val_loss = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
-        model = compile_and_wrap(raw_model, cfg, env)
+        model = wrap_ddp(compiled, env)
         try:
             x, y, batch_state = train_loader.next_batch()
             for step in range(start_step, cfg.max_iters + 1):

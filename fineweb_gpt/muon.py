@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -69,6 +71,16 @@ class Muon(torch.optim.Optimizer):
         if distributed is None:
             distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+
+    @contextmanager
+    def local(self) -> Iterator[None]:
+        """Every matrix orthogonalised here, no collectives, during the block (batch_size=auto's probe, where
+        the ranks do not step in lockstep)."""
+        saved, (self.rank, self.world_size) = (self.rank, self.world_size), (0, 1)
+        try:
+            yield
+        finally:
+            self.rank, self.world_size = saved
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
