@@ -365,7 +365,8 @@ def auto_batch_size(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, ckpt
     return min(sizes)
 
 
-def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, loader: TrainLoader) -> LoopState:
+def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, loader: TrainLoader,
+            dtype: str) -> LoopState:
     """The state the loop starts from. On resume, everything a checkpoint brings back is restored here:
     loop state, optimizer, GradScaler, data position and every rank's RNG (so dropout masks continue)."""
     if ckpt is None:
@@ -381,7 +382,11 @@ def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, lo
     state = LoopState(step=ckpt["step"], best_val_loss=ckpt["best_val_loss"], elapsed=ckpt["elapsed"],
                       wandb_id=ckpt["wandb_run_id"], loader=ckpt["loader"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    if scaler.is_enabled() == bool(ckpt["scaler"]):  # a GradScaler saves an empty state when fp16 is off
+        scaler.load_state_dict(ckpt["scaler"])
+    else:
+        env.print0(f"resume: the checkpoint trained {'without' if scaler.is_enabled() else 'with'} float16, this run "
+                   f"in {dtype}: " + ("the loss scale starts afresh" if scaler.is_enabled() else "no loss scale needed"))
     loader.load_state_dict(ckpt["loader"])
     old = TrainConfig(**ckpt["config"])
     if get_lr(state.step, old) != get_lr(state.step, cfg):
@@ -582,7 +587,7 @@ def train(cfg: TrainConfig) -> dict:
         cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, compiled, optimizer, amp, ckpt)
         train_loader, val_set, tok_record = load_data(cfg, env)
         check_data_fits(raw_model, tok_record, train_loader, val_set)
-        state = restore(ckpt, cfg, env, optimizer, scaler, train_loader)
+        state = restore(ckpt, cfg, env, optimizer, scaler, train_loader, dtype)
         state.auto_batch_size = cfg.batch_size if auto_batch else None
         log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_id,
                      {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
