@@ -31,7 +31,8 @@ class BenchConfig(TrainConfig):
 
 
 def bench(cfg: BenchConfig) -> dict:
-    device, _ = hardware.pick_device(cfg.device)
+    device, device_reason = hardware.pick_device(cfg.device)
+    hardware.print_warning(device_reason)
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, device)
     use_compile, compile_reason = hardware.pick_compile(cfg.compile, device)
     torch.manual_seed(cfg.seed)

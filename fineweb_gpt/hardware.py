@@ -84,6 +84,12 @@ def pick_device(requested: str) -> tuple[str, str]:
     return device, reason
 
 
+def print_warning(reason: str) -> None:
+    """Scripts that print no device line still show pick_device's warning (a GPU left unused)."""
+    if reason.startswith("WARNING"):
+        print(reason, file=sys.stderr, flush=True)
+
+
 def set_precision_flags(device: str) -> None:
     """fp32 matmuls and convolutions on CUDA run on tensor cores as TF32 (10-bit mantissa inputs, fp32
     accumulation): free speed on Ampere and later, and what the loss path's fp32 parts use. CPU untouched."""
