@@ -11,9 +11,11 @@ one at a time:
                                          (a, b, c) of each step, so a schedule such as Polar Express's
                                          is a different tuple, not different code
   group["momentum"]                      a per-group value that a schedule may set before each step
-  Muon.orthogonalise(stack, group)       the update of a stack of same-shape matrices (a per-neuron
-                                         normalisation after the iteration goes here)
-  Muon.apply(param, update, group)       weight decay and the step (a cautious decay goes here)
+  Muon.orthogonalise(stack, group)       the update of a stack of same-shape matrices, on this rank's share
+  Muon.apply(param, update, group)       after the gather, on every rank, with self.state[param] at hand:
+                                         weight decay and the step (a per-neuron normalisation such as
+                                         NorMuon's, whose second moments are state, and a cautious weight
+                                         decay go here, so every rank's state stays complete for saving)
 
 Same-shape matrices are stacked and orthogonalised in one batched call. Under torch.distributed each rank
 orthogonalises its share of every stack and the shares are gathered (all_gather), as nanochat's and
@@ -148,8 +150,7 @@ class Muon(torch.optim.Optimizer):
         """The update of each matrix in a stack (n, rows, cols) of momentum updates."""
         return newton_schulz(stack, group["ns_coefficients"], self.ns_dtype, group["eps"])
 
-    @staticmethod
-    def apply(param: torch.Tensor, update: torch.Tensor, group: dict) -> None:
+    def apply(self, param: torch.Tensor, update: torch.Tensor, group: dict) -> None:
         """Decoupled weight decay, then the step, scaled for the matrix's shape."""
         lr = group["lr"]
         rows, cols = param.shape
