@@ -123,7 +123,8 @@ class TrainConfig:
     backend: str = key("auto", "DDP backend: 'nccl', 'gloo' or 'auto' (nccl on CUDA, gloo on CPU)",
                        choices=("auto", "nccl", "gloo"))
     device: str = key("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
-    dtype: str = key("auto", "'auto' (bf16 where supported, fp16+GradScaler on older GPUs, fp32 on CPU), or force one",
+    dtype: str = key("auto", "'auto' (bf16 on GPUs that compute it natively, compute capability 8.0+; fp16+GradScaler "
+                     "on older GPUs; fp32 on CPU), or force one",
                      choices=hardware.DTYPES)
     compile: bool | None = key(None, "torch.compile the model: None = auto (on for CUDA), True, False")
     seed: int = key(1337, "seed for initialisation, dropout and data order", range="[0, inf)")
