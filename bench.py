@@ -31,7 +31,8 @@ class BenchConfig(TrainConfig):
 
 
 def bench(cfg: BenchConfig) -> dict:
-    device, _ = hardware.pick_device(cfg.device)
+    device, device_reason = hardware.pick_device(cfg.device)
+    hardware.print_warning(device_reason)
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, device)
     use_compile, compile_reason = hardware.pick_compile(cfg.compile, device)
     torch.manual_seed(cfg.seed)
@@ -42,13 +43,13 @@ def bench(cfg: BenchConfig) -> dict:
         apply_activation_checkpointing(model)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
     amp = hardware.autocast(device, dtype)
-    if cfg.batch_size == "auto":  # as train.py picks it for one process: a divisor of the sequences per update
+    step_model = torch.compile(model) if use_compile else model
+    if cfg.batch_size == "auto":  # as train.py picks it for one process, probing the model that will run
         if cfg.total_batch_size < cfg.block_size:
             raise ConfigError("batch_size=auto picks a divisor of total_batch_size/block_size: set total_batch_size")
-        cfg.batch_size, how = autobatch.choose_batch_size(model, optimizer, amp, device, cfg.block_size,
+        cfg.batch_size, how = autobatch.choose_batch_size(step_model, optimizer, amp, device, cfg.block_size,
                                                           cfg.total_batch_size // cfg.block_size)
         print(f"batch_size=auto: {how}")
-    step_model = torch.compile(model) if use_compile else model
     x = torch.randint(0, min(cfg.vocab_size, 50257), (cfg.batch_size, cfg.block_size + 1), device=device)
     inputs, targets = x[:, :-1], x[:, 1:]
 

@@ -123,15 +123,15 @@ def continuation_logliks(model: GPT, sequences: list[tuple[list[int], int]], n_v
     with amp:
         logits, _ = model(x.to(device))  # (B, width, vocab)
     # the tokenizer's tokens only: padding rows of the embedding are no tokens (the HF export drops them)
-    logprobs = logits[..., :n_vocab].float().log_softmax(-1).cpu()
-    out = []
+    logprobs = logits[..., :n_vocab].float().log_softmax(-1)  # (B, width, n_vocab), on the device
+    sums = []
     for i, (r, (_, n_cont)) in enumerate(zip(rows, sequences)):
         if n_cont >= len(r):
             raise EvalError(f"an ending of {n_cont} tokens does not fit the model's block_size={block}")
-        positions = torch.arange(len(r) - 1 - n_cont, len(r) - 1)  # logits at p predict token p + 1
-        targets = torch.tensor(r[len(r) - n_cont:])
-        out.append(logprobs[i, positions, targets].sum().item())
-    return out
+        positions = torch.arange(len(r) - 1 - n_cont, len(r) - 1, device=device)  # logits at p predict token p + 1
+        targets = torch.tensor(r[len(r) - n_cont:], device=device)
+        sums.append(logprobs[i, positions, targets].sum())
+    return torch.stack(sums).tolist()  # the continuations' sums gathered on the device: one small copy per batch
 
 
 def score(model: GPT, enc, docs: list[dict], device: str, amp, batch_size: int = 8,
@@ -209,7 +209,8 @@ def load_items(cfg: EvalConfig) -> list[dict]:
 
 def evaluate(cfg: EvalConfig) -> dict:
     check_values(cfg)
-    device, _ = hardware.pick_device(cfg.device)
+    device, device_reason = hardware.pick_device(cfg.device)
+    hardware.print_warning(device_reason)
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, device)
     loaded = load_for_inference(cfg.out_dir, cfg.ckpt, cfg.init_from)
     model = loaded.model.to(device)

@@ -420,11 +420,20 @@ class GPT(nn.Module):
 
     def chunked_cross_entropy(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """lm_head + cross-entropy over the (B*T) rows, LOSS_CHUNK_ROWS rows at a time: the logits exist one
-        chunk at a time. In fp32 (TF32 on GPU), outside autocast: in bf16 the op returns a bf16 loss (a
-        logged 3.28 would read as 3.281 or 3.266), and on CPU its bf16 path measured slower than fp32.
+        chunk at a time. Training under autocast runs the head's matmuls in the autocast dtype (bf16 or fp16:
+        the tensor-core rate, not TF32's) with softmax and gradients accumulated in fp32 (torch's acc_dtype);
+        the loss comes back as fp32, though for bf16 inputs torch sums it in bf16 (about 3 significant
+        digits per micro-batch; the logged loss averages the micro-batches in fp32). Without gradients
+        (evaluation) it runs in fp32, so val losses compare to 4 decimals whatever the training dtype.
+        allow_retain_graph=True keeps torch.compile's graph whole (without it the op warns, a graph break).
         The row count is set explicitly: torch's automatic choice sizes chunks by the vocab-to-width
         ratio, which gave chunks of a few rows for small models, 10x slower than plain on CPU."""
-        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=LOSS_CHUNK_ROWS, chunking_method=None)
-        with torch.autocast(x.device.type, enabled=False):
-            return F.linear_cross_entropy(x.reshape(-1, x.size(-1)).float(), self.lm_head.weight.float(),
+        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=LOSS_CHUNK_ROWS, chunking_method=None,
+                                                     allow_retain_graph=True)
+        device = x.device.type
+        low = torch.is_autocast_enabled(device) and torch.is_grad_enabled()
+        dtype = torch.get_autocast_dtype(device) if low else torch.float32
+        with torch.autocast(device, enabled=False):
+            loss = F.linear_cross_entropy(x.reshape(-1, x.size(-1)).to(dtype), self.lm_head.weight.to(dtype),
                                           targets.reshape(-1), ignore_index=-1, options=options)
+        return loss.float()

@@ -78,10 +78,14 @@ def read_prompt(start: str) -> str:
 def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
     """Generate cfg.num_samples continuations of the prompt; returns their texts."""
     check_values(cfg)
-    device, _ = hardware.pick_device(cfg.device)
+    device, device_reason = hardware.pick_device(cfg.device)
+    hardware.print_warning(device_reason)
     dtype, _ = hardware.pick_dtype(cfg.dtype, device)
     loaded = load_for_inference(cfg.out_dir, cfg.ckpt, cfg.init_from)
     model = loaded.model.to(device=device, dtype=getattr(torch, dtype))
+    for module in model.modules():  # RMSNorm computes in fp32: an fp32 gain keeps torch's fused kernel
+        if isinstance(module, torch.nn.RMSNorm):
+            module.float()
     enc = tokenizer.load_encoding(loaded.tokenizer["name"])
     ids = enc.encode(read_prompt(cfg.start), allowed_special={"<|endoftext|>"})
     block = model.config.block_size

@@ -93,6 +93,8 @@ class TrainConfig(ModelKeys):
     scalar_lr: float = key(0.02, "muon: AdamW peak lr of norm gains and biases, at n_embd=768; scaled by "
                            "sqrt(768/n_embd)", range="[0, inf)")
     muon_momentum: float = key(0.95, "muon: Nesterov momentum", range="[0, 1)")
+    muon_ns_dtype: str = key("auto", "muon: dtype of the Newton-Schulz iteration: 'auto' (bfloat16 where the device "
+                             "computes it natively, else float32), 'bfloat16' or 'float32'", choices=hardware.MUON_NS_DTYPES)
     max_iters: int = key(5000, "optimizer updates in the whole run", range="[0, inf)")
     weight_decay: float = key(0.1, "decoupled weight decay of the matrices (adamw: and embeddings)", range="[0, inf)")
     beta1: float = key(0.9, "AdamW beta1", range="[0, 1)")
@@ -110,7 +112,8 @@ class TrainConfig(ModelKeys):
     backend: str = key("auto", "DDP backend: 'nccl', 'gloo' or 'auto' (nccl on CUDA, gloo on CPU)",
                        choices=("auto", "nccl", "gloo"))
     device: str = key("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
-    dtype: str = key("auto", "'auto' (bf16 where supported, fp16+GradScaler on older GPUs, fp32 on CPU), or force one",
+    dtype: str = key("auto", "'auto' (bf16 on GPUs that compute it natively, compute capability 8.0+; fp16+GradScaler "
+                     "on older GPUs; fp32 on CPU), or force one",
                      choices=hardware.DTYPES)
     compile: bool | None = key(None, "torch.compile the model: None = auto (on for CUDA), True, False")
     seed: int = key(1337, "seed for initialisation, dropout and data order", range="[0, inf)")
@@ -145,7 +148,8 @@ def model_config(cfg: TrainConfig) -> GPTConfig:
 
 def optimizer_settings(cfg: TrainConfig) -> OptimizerSettings:
     return OptimizerSettings(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                             cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum)
+                             cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum,
+                             cfg.muon_ns_dtype)
 
 
 # ------------------------------------------------------------------ set-up stages, in the order train() runs them
@@ -170,9 +174,6 @@ def refuse_to_overwrite(cfg: TrainConfig) -> None:
 def setup_device(cfg: TrainConfig, env: Env, device_reason: str) -> tuple[str, object]:
     """(dtype, autocast context), each choice printed."""
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, env.device)
-    if env.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: free speed, tiny error
-        torch.backends.cudnn.allow_tf32 = True
     env.print0(f"device: {env.device} ({hardware.device_name(env.device)}; {device_reason}), world size {env.world_size}")
     env.print0(f"dtype: {dtype} ({dtype_reason})")
     return dtype, hardware.autocast(env.device, dtype)
@@ -293,7 +294,7 @@ def check_can_continue(ckpt: dict, state: LoopState, cfg: TrainConfig, env: Env)
 
 
 def restore(ckpt: dict | None, state: LoopState, cfg: TrainConfig, env: Env, optimizer, scaler,
-            loader: TrainLoader) -> None:
+            loader: TrainLoader, dtype: str) -> None:
     """What a resume brings back besides the loop state and the weights: optimizer, GradScaler, data
     position and every rank's RNG (so dropout masks continue). A new run starts its loader at the start."""
     if ckpt is None:
@@ -302,7 +303,11 @@ def restore(ckpt: dict | None, state: LoopState, cfg: TrainConfig, env: Env, opt
             torch.manual_seed(cfg.seed + env.rank)  # different dropout masks per rank
         return
     optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    if scaler.is_enabled() == bool(ckpt["scaler"]):  # a GradScaler saves an empty state when fp16 is off
+        scaler.load_state_dict(ckpt["scaler"])
+    else:
+        env.print0(f"resume: the checkpoint trained {'without' if scaler.is_enabled() else 'with'} float16, this run "
+                   f"in {dtype}: " + ("the loss scale starts afresh" if scaler.is_enabled() else "no loss scale needed"))
     loader.load_state_dict(state.loader)
     rngs = ckpt["rng"]
     if len(rngs) == env.world_size:
@@ -314,14 +319,20 @@ def restore(ckpt: dict | None, state: LoopState, cfg: TrainConfig, env: Env, opt
             torch.manual_seed(cfg.seed + env.rank + state.step)
 
 
-def compile_and_wrap(raw_model: GPT, cfg: TrainConfig, env: Env) -> torch.nn.Module:
-    """The model the loop trains: compiled and/or DDP-wrapped; raw_model stays unwrapped (saved, evaluated)."""
+def compile_model(raw_model: GPT, cfg: TrainConfig, env: Env) -> torch.nn.Module:
+    """raw_model compiled (or itself); raw_model stays unwrapped (saved, evaluated)."""
     use_compile, compile_reason = hardware.pick_compile(cfg.compile, env.device)
     env.print0(f"compile: {compile_reason}")
-    model = torch.compile(raw_model) if use_compile else raw_model
-    if env.ddp:
-        model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
-    return model
+    return torch.compile(raw_model) if use_compile else raw_model
+
+
+def wrap_ddp(model: torch.nn.Module, env: Env) -> torch.nn.Module:
+    """The model the loop trains: DDP-wrapped under torchrun. gradient_as_bucket_view: the gradients are views
+    into DDP's all-reduce buckets, not a second fp32 copy of every gradient."""
+    if not env.ddp:
+        return model
+    return DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None,
+               gradient_as_bucket_view=True)
 
 
 # ------------------------------------------------------------------ helpers the loop calls
@@ -380,11 +391,12 @@ def train(cfg: TrainConfig) -> dict:
             check_can_continue(ckpt, state, cfg, env)
         set_memory_options(raw_model, cfg, env)
         optimizer, peak_lrs, scaler = setup_optimizer(raw_model, cfg, env, dtype)
-        # batch_size=auto is probed with the model and optimizer; the data, batched by it, comes after them
-        cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, raw_model, optimizer, amp, state)
+        # batch_size=auto is probed with the compiled model and the optimizer; the data, batched by it, comes after
+        compiled = compile_model(raw_model, cfg, env)
+        cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, compiled, optimizer, amp, state)
         train_loader, val_set, tok_record = load_data(cfg, env)
         check_data_fits(raw_model, tok_record, train_loader, val_set)
-        restore(ckpt, state, cfg, env, optimizer, scaler, train_loader)
+        restore(ckpt, state, cfg, env, optimizer, scaler, train_loader, dtype)
         log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_run_id,
                      {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
                       "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device),
@@ -395,7 +407,7 @@ def train(cfg: TrainConfig) -> dict:
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
         last_loss = val_loss = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
-        model = compile_and_wrap(raw_model, cfg, env)
+        model = wrap_ddp(compiled, env)
         try:
             x, y, batch_state = train_loader.next_batch()
             for step in range(start_step, cfg.max_iters + 1):

@@ -2,15 +2,21 @@
 
 The search (find_batch_size) only knows a callable that tries one size and raises out-of-memory when it
 does not fit, so it runs unchanged on CPU in the tests with the condition injected at a size threshold.
-On CUDA the callable runs real forward + backward + optimizer steps of the model being trained, under a
-memory cap that keeps a safety margin free; the model, optimizer state and RNG are restored afterwards,
-so the probe leaves no trace in training.
+On CUDA the callable runs real forward + backward + optimizer steps of the model being trained (compiled when
+training compiles it), under a memory cap of the GPU's free memory less a safety margin (a desktop GPU
+driving a display, or another process, holds part of it); the model, optimizer state and RNG are restored
+afterwards, so the probe leaves no trace in training.
+
+Not probed: DDP's wrapper. A rank that runs out of memory inside a collective would leave the others
+waiting in it, so the ranks probe alone (Muon orthogonalises every matrix locally then, more than its share
+in training) and agree on the smallest size; train.py wraps DDP with gradient_as_bucket_view=True, so its
+buckets hold the gradients rather than a second copy of them.
 """
 from __future__ import annotations
 
 import bisect
 import gc
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -19,9 +25,10 @@ import torch
 from fineweb_gpt import hardware
 from fineweb_gpt.checkpoint import rng_state, set_rng_state
 from fineweb_gpt.errors import UserError
+from fineweb_gpt.muon import Muon
 
-# Fraction of GPU memory the probe leaves unused: room for what a few probe steps do not show (allocator
-# fragmentation over a long run, DDP's gradient buckets, torch.compile's workspaces, eval).
+# Fraction of the GPU's total memory the probe leaves unused out of what is free: room for what a few probe
+# steps do not show (allocator fragmentation over a long run, DDP's bucket bookkeeping, eval).
 MARGIN = 0.10
 # On CPU and MPS running out of memory means swapping or the kernel's OOM killer first, not an exception a
 # probe could catch; auto takes micro-batches of at most this many tokens (4 x 1024, 16 x 256): GPT-2
@@ -158,11 +165,30 @@ def cuda_index(device: str) -> int:
     return torch.cuda.current_device() if index is None else index
 
 
+def cap_fraction(free: int, total: int, held: int, margin: float) -> float:
+    """The allocator's cap as a fraction of total memory: what this process holds plus what is free, less
+    margin * total (at least a sliver, so that nothing fits rather than an error from torch)."""
+    return max(0.01, min(1.0, (held + free - margin * total) / total))
+
+
 @contextmanager
-def memory_cap(device: str, fraction: float) -> Iterator[None]:
-    """Make the CUDA allocator raise out-of-memory beyond `fraction` of the GPU's memory during the block."""
+def local_optimizer_steps(optimizer) -> Iterator[None]:
+    """Muon without collectives during the block (see the module docstring)."""
+    muons = [o for o in getattr(optimizer, "optimizers", {"": optimizer}).values() if isinstance(o, Muon)]
+    with ExitStack() as stack:
+        for muon in muons:
+            stack.enter_context(muon.local())
+        yield
+
+
+@contextmanager
+def memory_cap(device: str, margin: float) -> Iterator[None]:
+    """Make the CUDA allocator raise out-of-memory beyond the GPU's free memory less margin * total during
+    the block."""
     index = cuda_index(device)
     before = torch.cuda.get_per_process_memory_fraction(index)
+    free, total = torch.cuda.mem_get_info(index)
+    fraction = cap_fraction(free, total, torch.cuda.memory_reserved(index), margin)
     torch.cuda.set_per_process_memory_fraction(fraction, index)
     try:
         yield
@@ -177,10 +203,10 @@ def free_cuda_memory() -> None:
 
 def probe_cuda(model: torch.nn.Module, optimizer, amp, block_size: int, candidates: list[int], device: str,
                margin: float = MARGIN) -> Probe:
-    """find_batch_size with real training steps of this model and optimizer, within (1 - margin) of the
-    GPU's memory; afterwards the model, optimizer and RNG are as before and the peak-memory counter is
+    """find_batch_size with real training steps of this model and optimizer, within the GPU's free memory
+    less margin; afterwards the model, optimizer and RNG are as before and the peak-memory counter is
     reset, so the log's peak memory is training's."""
-    with restored_afterwards(model, optimizer), memory_cap(device, 1.0 - margin):
+    with restored_afterwards(model, optimizer), local_optimizer_steps(optimizer), memory_cap(device, margin):
         probe = find_batch_size(training_step(model, optimizer, amp, block_size), candidates,
                                 release=free_cuda_memory)
     free_cuda_memory()
@@ -201,7 +227,7 @@ def choose_batch_size(model: torch.nn.Module, optimizer, amp, device: str, block
     probe = probe_cuda(model, optimizer, amp, block_size, candidates, device)
     if probe.batch_size is None:
         raise NothingFits(f"batch_size=auto: not even 1 sequence of {block_size} tokens trains within "
-                          f"{1 - MARGIN:.0%} of the GPU's memory; turn on --activation_checkpointing=True, "
+                          f"the GPU's free memory less {MARGIN:.0%} of its total; turn on --activation_checkpointing=True, "
                           f"lower block_size, or train a smaller model")
-    return probe.batch_size, (f"{probe.batch_size} (tried {probe.describe()}, with {MARGIN:.0%} of the GPU's memory "
-                              f"kept free; divisors of the {sequences} sequences per update and process)")
+    return probe.batch_size, (f"{probe.batch_size} (tried {probe.describe()}, within the GPU's free memory less "
+                              f"{MARGIN:.0%} of its total; divisors of the {sequences} sequences per update and process)")

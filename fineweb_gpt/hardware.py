@@ -4,7 +4,10 @@ Decided once at start-up by the scripts, each choice printed with its reason.
 """
 from __future__ import annotations
 
+import functools
 import re
+import shutil
+import subprocess
 import sys
 from contextlib import nullcontext
 
@@ -19,6 +22,7 @@ from fineweb_gpt.errors import UserError
 PEAK_BF16_TFLOPS = [
     (r"H200", 989.4),
     (r"H100.*PCIe", 756.5),
+    (r"H100.*NVL", 835.5),                 # 1,671 with sparsity (datasheet), halved: dense
     (r"H100", 989.4),                      # SXM
     (r"A100", 312.0),                      # SXM and PCIe
     (r"\bA10$", 125.0),
@@ -64,39 +68,147 @@ class DeviceError(UserError):
 
 
 def pick_device(requested: str) -> tuple[str, str]:
-    """(device, reason): 'auto' takes cuda, then mps, then cpu."""
+    """(device, reason): 'auto' takes cuda, then mps, then cpu. Choosing a CUDA device also sets the
+    precision flags (set_precision_flags), so every script that picks its device here gets them."""
     if requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise DeviceError(f"device={requested} but torch sees no CUDA GPU (torch {torch.__version__}); "
-                             f"use --device=cpu, or install a CUDA build of torch")
+                             f"use --device=cpu, or install a CUDA build of torch" +
+                             (f". {unseen_gpu()}" if unseen_gpu() else ""))
         if requested == "mps" and not torch.backends.mps.is_available():
             raise DeviceError("device=mps but MPS is not available on this machine; use --device=cpu")
-        return requested, "as requested"
-    if torch.cuda.is_available():
-        return "cuda", "CUDA GPU found"
-    if torch.backends.mps.is_available():
-        return "mps", "Apple GPU (MPS) found"
-    return "cpu", "no GPU found"
+        device, reason = requested, "as requested"
+    elif torch.cuda.is_available():
+        device, reason = "cuda", "CUDA GPU found"
+    elif torch.backends.mps.is_available():
+        device, reason = "mps", "Apple GPU (MPS) found"
+    else:
+        device, reason = "cpu", "no GPU found"
+        if unseen_gpu():
+            reason = f"WARNING: {unseen_gpu()}"
+    set_precision_flags(device)
+    return device, reason
+
+
+def print_warning(reason: str) -> None:
+    """Scripts that print no device line still show pick_device's warning (a GPU left unused)."""
+    if reason.startswith("WARNING"):
+        print(reason, file=sys.stderr, flush=True)
+
+
+def set_precision_flags(device: str) -> None:
+    """fp32 matmuls and convolutions on CUDA run on tensor cores as TF32 (10-bit mantissa inputs, fp32
+    accumulation): free speed on Ampere and later, and what the loss path's fp32 parts use. CPU untouched."""
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+CUDA_INSTALL_HINT = ("install a CUDA build of torch: pip install torch --index-url "
+                     "https://download.pytorch.org/whl/cu<version> with the CUDA version for your driver that "
+                     "https://pytorch.org/get-started/locally/ lists")
+
+
+@functools.lru_cache(maxsize=1)
+def unseen_gpu() -> str | None:
+    """Why an NVIDIA GPU that nvidia-smi lists is not used, or None (no such GPU, or torch uses it).
+
+    The default torch wheel on Windows (and `pip install torch` with a CPU index) has no CUDA: device=auto
+    then trains on the CPU, hundreds of times slower, unless someone says so."""
+    if torch.cuda.is_available() or not shutil.which("nvidia-smi"):
+        return None
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    gpus = [line.split(" (UUID")[0] for line in listed.splitlines() if line.startswith("GPU ")]
+    if not gpus:
+        return None
+    if torch.version.cuda is None:
+        return (f"nvidia-smi lists {gpus[0]} but this torch ({torch.__version__}) is a CPU-only build, so it "
+                f"runs on the CPU; {CUDA_INSTALL_HINT}")
+    return (f"nvidia-smi lists {gpus[0]} but torch (built for CUDA {torch.version.cuda}) cannot use it, so it "
+            f"runs on the CPU: the NVIDIA driver may be older than that CUDA version (see nvidia-smi), or "
+            f"CUDA_VISIBLE_DEVICES hides it")
+
+
+def cuda_capability(device: str) -> tuple[int, int]:
+    """(major, minor) compute capability of the chosen GPU (not of whichever is current)."""
+    return torch.cuda.get_device_capability(torch.device(device))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+# x86: AVX512-BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and later) or AMX-BF16; Arm: the BF16 extension.
+# Without them oneDNN emulates bf16 matmuls through fp32 conversions: slower than fp32 itself.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def native_bf16(device: str) -> bool:
+    """Whether the device computes bf16 matmuls in hardware. CUDA: compute capability 8.0 or later
+    (Ampere); torch.cuda.is_bf16_supported() also counts emulation on older GPUs (T4, V100, RTX 20xx)
+    and asks about the current GPU, not the chosen one. CPU: the instruction set extensions above."""
+    if device.startswith("cuda"):
+        return cuda_capability(device) >= (8, 0)
+    if device == "cpu":
+        return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
+    return False
+
+
+def describe_cpu_bf16() -> str:
+    """One line for benchmark output: torch's CPU capability and whether bf16 is native."""
+    return (f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 "
+            f"{'native' if native_bf16('cpu') else 'emulated (no avx512_bf16/amx_bf16)'}")
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def pick_dtype(requested: str, device: str) -> tuple[str, str]:
-    """(dtype name, reason). 'auto': bf16 where the GPU supports it, else fp16 (+GradScaler), fp32 on CPU/MPS."""
+    """(dtype name, reason). 'auto': bf16 where the GPU computes it natively (compute capability 8.0+), else
+    fp16 with the GradScaler; fp32 on CPU and MPS."""
     if requested not in DTYPES:  # the config keys check this too; here for callers from code
         raise ValueError(f"dtype must be one of {DTYPES}, got {requested!r}")
     cuda = device.startswith("cuda")
-    if requested == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
-        raise DeviceError(f"{device_name(device)} has no bfloat16 support; use --dtype=float16 (with loss "
-                         f"scaling) or --dtype=float32")
+    if requested == "bfloat16" and cuda and not native_bf16(device):
+        major, minor = cuda_capability(device)
+        return requested, (f"as requested, though {device_name(device)} (compute capability {major}.{minor}) "
+                           f"emulates bf16, slowly: --dtype=auto picks float16 with loss scaling")
     if requested != "auto":
         return requested, "as requested"
     if cuda:
-        if torch.cuda.is_bf16_supported():
-            return "bfloat16", "GPU supports bf16"
-        return "float16", "GPU lacks bf16 (pre-Ampere): fp16 autocast with GradScaler"
+        major, minor = cuda_capability(device)
+        if native_bf16(device):
+            return "bfloat16", f"compute capability {major}.{minor} computes bf16 natively"
+        return "float16", (f"compute capability {major}.{minor} has no native bf16 (before Ampere's 8.0): fp16 "
+                           f"autocast with the GradScaler")
     return "float32", f"{device.split(':')[0]}: full precision unless asked (--dtype=bfloat16)"
+
+
+MUON_NS_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def pick_newton_schulz_dtype(requested: str, device: str) -> tuple[torch.dtype, str]:
+    """(dtype, reason) of Muon's Newton-Schulz iteration: bf16 where the device computes it natively
+    (as Muon's authors run it on GPUs), fp32 elsewhere, where emulated bf16 is slower than fp32."""
+    if requested not in MUON_NS_DTYPES:
+        raise ValueError(f"muon_ns_dtype must be one of {MUON_NS_DTYPES}, got {requested!r}")
+    if requested != "auto":
+        return getattr(torch, requested), "as requested"
+    if native_bf16(device):
+        return torch.bfloat16, f"{device.split(':')[0]} computes bf16 natively"
+    return torch.float32, f"{device.split(':')[0]} has no native bf16 (emulated bf16 is slower than fp32)"
 
 
 def autocast(device: str, dtype: str):

@@ -1,7 +1,7 @@
 """The optimizers a GPT trains with, and which parameter goes where.
 
 adamw: GPT-2's recipe. One fused AdamW; matrices and embeddings decay, biases and norm gains do not.
-muon:  the modern recipe (modded-nanogpt, nanochat). torch.optim.Muon for the 2-D weights inside the
+muon:  the modern recipe (modded-nanogpt, nanochat). Muon (fineweb_gpt/muon.py) for the 2-D weights inside the
        blocks (its update is the orthogonalised momentum, so every direction of a matrix moves at the
        same rate); AdamW for the token embedding, the output head, and the biases and norm gains, each
        group with its own learning rate.
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fineweb_gpt import hardware
+from fineweb_gpt.muon import Muon
 from model import GPT
 
 OPTIMIZERS = ("adamw", "muon")
@@ -32,6 +34,7 @@ class OptimizerSettings:
     head_lr: float = 0.004
     scalar_lr: float = 0.02
     muon_momentum: float = 0.95
+    muon_ns_dtype: str = "auto"     # Newton-Schulz dtype: bf16 where the device computes it natively, else fp32
 
 
 class OptimizerSet:
@@ -103,10 +106,14 @@ def make_optimizer(model: GPT, s: OptimizerSettings) -> tuple[torch.optim.Optimi
         optimizer, kind = adamw([g for g in groups if not g["name"].startswith("muon")], s.betas)
         # "original" scales each matrix's step by sqrt(max(1, rows / cols)) (Keller Jordan's Muon), so the
         # update's size per output dimension does not depend on the matrix's shape
-        optimizer = OptimizerSet({"muon": torch.optim.Muon(muon, momentum=s.muon_momentum, adjust_lr_fn="original"),
-                                  "adamw": optimizer})
-        labels = [f"Muon (momentum {s.muon_momentum}, nesterov)" if g["name"].startswith("muon") else f"AdamW ({kind})"
-                  for g in groups]
+        device = str(next(model.parameters()).device)
+        ns_dtype, ns_reason = hardware.pick_newton_schulz_dtype(s.muon_ns_dtype, device)
+        muon_optimizer = Muon(muon, momentum=s.muon_momentum, adjust_lr_fn="original", ns_dtype=ns_dtype)
+        optimizer = OptimizerSet({"muon": muon_optimizer, "adamw": optimizer})
+        shards = f", orthogonalised in shares over {muon_optimizer.world_size} ranks" \
+            if muon_optimizer.world_size > 1 else ""
+        labels = [f"Muon (momentum {s.muon_momentum}, nesterov, Newton-Schulz in {str(ns_dtype)[6:]}: {ns_reason}"
+                  f"{shards})" if g["name"].startswith("muon") else f"AdamW ({kind})" for g in groups]
     lines = [f"{g['name']}: {sum(p.numel() for p in g['params']) / 1e6:.2f}M params in {len(g['params'])} tensors, "
              f"{label}, lr {g['lr']:.3g}, weight decay {g['weight_decay']:g}" for g, label in zip(groups, labels)]
     return optimizer, lines

@@ -168,3 +168,23 @@ def test_memory_options_reach_the_model(synthetic_shards, tmp_path, capsys):
     assert "chunked loss off, activation checkpointing on" in capsys.readouterr().out
     run_train(synthetic_shards, tmp_path, "--max_iters=1", "--activation_checkpointing=True", "--logit_softcap=15")
     assert "chunked loss off (logit_softcap needs the full logits), activation checkpointing on" in capsys.readouterr().out
+
+
+def test_the_memory_cap_follows_free_memory_not_the_total():
+    from fineweb_gpt.autobatch import cap_fraction
+    gib = 2**30
+    # a 12 GiB card of which a display holds 1.5 GiB and this process 0.5 GiB: the cap is free + held - 10%
+    assert cap_fraction(free=10 * gib, total=12 * gib, held=gib // 2, margin=0.1) == pytest.approx((10.5 - 1.2) / 12)
+    assert cap_fraction(free=0, total=12 * gib, held=0, margin=0.1) == 0.01  # nothing fits: a sliver, not an error
+
+
+def test_muon_steps_locally_during_the_probe():
+    from conftest import OPTION_SETS, tiny_model
+    from fineweb_gpt.autobatch import local_optimizer_steps
+    from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
+    optimizer, _ = make_optimizer(tiny_model(**OPTION_SETS["qwen3"]), OptimizerSettings("muon"))
+    muon = optimizer.optimizers["muon"]
+    muon.rank, muon.world_size = 1, 2  # as on the second of two ranks
+    with local_optimizer_steps(optimizer):
+        assert (muon.rank, muon.world_size) == (0, 1)
+    assert (muon.rank, muon.world_size) == (1, 2)

@@ -48,3 +48,51 @@ def test_mfu_table_and_unknown_devices():
     assert hardware.peak_tflops("NVIDIA H200") == 989.4
     for unknown in ("NVIDIA GeForce RTX 4070 Ti", "NVIDIA GeForce RTX 4090 Laptop GPU", "cpu", "NVIDIA A10G"):
         assert hardware.peak_tflops(unknown) is None
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), "float16"), ((7, 0), "float16"), ((8, 0), "bfloat16"),
+                                               ((8, 9), "bfloat16"), ((9, 0), "bfloat16")])
+def test_auto_dtype_is_bf16_only_where_the_chosen_gpu_computes_it(monkeypatch, capability, dtype):
+    asked = []
+    monkeypatch.setattr(hardware.torch.cuda, "get_device_capability", lambda d: asked.append(str(d)) or capability)
+    monkeypatch.setattr(hardware.torch.cuda, "get_device_name", lambda d: "a simulated GPU")
+    assert hardware.pick_dtype("auto", "cuda:1")[0] == dtype
+    assert asked and all(d == "cuda:1" for d in asked)  # the chosen GPU, not the current one
+    ns_dtype = hardware.pick_newton_schulz_dtype("auto", "cuda:1")[0]
+    assert ns_dtype == (hardware.torch.bfloat16 if dtype == "bfloat16" else hardware.torch.float32)
+    if dtype == "float16":  # asked for anyway: allowed, with the reason it is slow
+        assert "emulates bf16" in hardware.pick_dtype("bfloat16", "cuda:1")[1]
+
+
+@pytest.mark.parametrize("flags, native", [({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True),
+                                           ({"amx_bf16"}, True), (set(), False)])
+def test_cpu_bf16_is_native_only_with_the_instructions(monkeypatch, flags, native):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert hardware.native_bf16("cpu") is native
+    assert hardware.pick_newton_schulz_dtype("auto", "cpu")[0] == (hardware.torch.bfloat16 if native else hardware.torch.float32)
+    assert hardware.pick_newton_schulz_dtype("float32", "cpu")[0] == hardware.torch.float32  # the key forces it
+    assert hardware.pick_dtype("auto", "cpu")[0] == "float32"
+
+
+def test_a_gpu_torch_cannot_use_is_named_with_the_fix(monkeypatch):
+    import subprocess
+    hardware.unseen_gpu.cache_clear()
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware.torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(hardware.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, stdout="GPU 0: NVIDIA GeForce RTX 4070 (UUID: GPU-1234)\n"))
+    monkeypatch.setattr(hardware.torch.version, "cuda", None)
+    try:
+        device, reason = hardware.pick_device("auto")
+        assert device == "cpu" and "WARNING" in reason and "GPU 0: NVIDIA GeForce RTX 4070" in reason
+        assert "CPU-only build" in reason and "pip install torch --index-url" in reason
+    finally:
+        hardware.unseen_gpu.cache_clear()
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: None)  # no nvidia-smi: nothing to say
+    assert hardware.pick_device("auto") == ("cpu", "no GPU found")
+    hardware.unseen_gpu.cache_clear()
+
+
+def test_h100_nvl_has_its_own_peak():
+    assert hardware.peak_tflops("NVIDIA H100 NVL") == 835.5

@@ -1,0 +1,35 @@
+"""The training forward, loss included, compiles to one graph for every shipped config: a graph break
+(an op dynamo cannot trace, such as a warning inside the loss) splits it and costs speed on a GPU."""
+import glob
+import os
+
+import pytest
+import torch
+
+import train
+from configurator import parse_config
+from conftest import ROOT
+from model import GPT
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
+TINY_SHAPE = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=128"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_training_forward_and_loss_compile_to_one_graph(path, dtype):
+    cfg = parse_config(train.TrainConfig, [path, *TINY_SHAPE])
+    torch.manual_seed(0)
+    model = GPT(train.model_config(cfg)).train()
+    model.chunked_loss = cfg.chunked_loss
+    tokens = torch.randint(128, (2, 17))
+
+    def forward_and_loss(x, y):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            return model(x, y)[1]
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(forward_and_loss)(tokens[:, :-1], tokens[:, 1:])
+    reasons = [str(b.reason).splitlines()[0] for b in explained.break_reasons]
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), reasons
