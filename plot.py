@@ -207,7 +207,7 @@ def plot(paths: list[str], cfg: PlotConfig) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     paths = [a for a in argv if not a.startswith("-")]
-    options = ["--log_tokens=True" if a == "--log_tokens" else a for a in argv if a.startswith("-")]
+    options = [a for a in argv if a.startswith("-")]
     try:
         plot(paths, parse_config(PlotConfig, options, "plot.py [OUT_DIR | metrics.jsonl ...]"))
     except ConfigError as e:
