@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from fineweb_gpt import hardware
+from fineweb_gpt import report
 from fineweb_gpt import tokenizer
 from fineweb_gpt.checkpoint import CheckpointError, load_model, resolve
 from configurator import check_values, cli, key
@@ -217,14 +218,16 @@ def load(cfg: EvalConfig) -> tuple[GPT, str]:
 
 def evaluate(cfg: EvalConfig) -> dict:
     check_values(cfg)
-    device, _ = hardware.pick_device(cfg.device)
+    device, device_reason = hardware.pick_device(cfg.device)
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, device)
     model, tok_name = load(cfg)
     model.to(device)
     enc = tokenizer.load_encoding(tok_name)
     docs = load_items(cfg)
     subset = "" if len(docs) == HELLASWAG_ITEMS else f" (not the full {HELLASWAG_ITEMS:,}: not comparable)"
-    print(f"hellaswag: {len(docs):,} items{subset}, zero-shot, on {device} in {dtype} ({dtype_reason})")
+    print(f"hellaswag: {len(docs):,} items{subset}, zero-shot")
+    print(report.device_line(device, hardware.device_name(device), device_reason, dtype,
+                             report.choice_reason(dtype_reason, cfg.dtype == EvalConfig.dtype)))
     out = score(model, enc, docs, device, hardware.autocast(device, dtype), cfg.batch_size, cfg.progress)
     print(f"hellaswag: {out['items']:,} items | acc {out['acc']:.4f} | acc_norm {out['acc_norm']:.4f} "
           f"(sum of ending log-probs per character of the ending)")

@@ -27,11 +27,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from fineweb_gpt import autobatch
 from fineweb_gpt import distributed
 from fineweb_gpt import hardware
+from fineweb_gpt import report
+from fineweb_gpt.report import duration
 from fineweb_gpt import tokenizer
 from fineweb_gpt.atomic import atomic_write, publish_copy, write_json
 from fineweb_gpt.checkpoint import (BEST, LATEST, CheckpointError, build_model, check_resumable, load_checkpoint, rng_state,
                         save_checkpoint, set_rng_state)
-from configurator import ConfigError, check_values, format_config, key, parse_config
+from configurator import ConfigError, check_values, key, parse_config
 from fineweb_gpt.dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
 from fineweb_gpt.distributed import Env
 from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
@@ -243,8 +245,8 @@ def setup_device(cfg: TrainConfig, env: Env, device_reason: str) -> tuple[str, o
     if env.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: free speed, tiny error
         torch.backends.cudnn.allow_tf32 = True
-    env.print0(f"device: {env.device} ({hardware.device_name(env.device)}; {device_reason}), world size {env.world_size}")
-    env.print0(f"dtype: {dtype} ({dtype_reason})")
+    env.print0(report.device_line(env.device, hardware.device_name(env.device), device_reason, dtype,
+                                  report.choice_reason(dtype_reason, cfg.dtype == "auto"), env.world_size))
     return dtype, hardware.autocast(env.device, dtype)
 
 
@@ -278,10 +280,11 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
     """The model on its device: from the checkpoint, OpenAI's GPT-2, or freshly initialised."""
     torch.manual_seed(cfg.seed)
     if ckpt is not None:
-        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["model_args"].items()
-                   if hasattr(cfg, k) and getattr(cfg, k) != v and k != "dropout"}
+        stored = {k: v for k, v in ckpt["model_args"].items() if hasattr(cfg, k) and k != "dropout"}
+        changed = report.changes(stored, {k: getattr(cfg, k) for k in stored})
         if changed:
-            env.print0(f"resume: model shape comes from the checkpoint; ignoring {changed} (checkpoint, config)")
+            env.print0(f"resume: the model comes from the checkpoint, so these config values are ignored "
+                       f"(checkpoint -> config): {'; '.join(changed)}")
         model = build_model(ckpt, os.path.join(cfg.out_dir, LATEST), dropout=cfg.dropout)
     elif cfg.init_from in GPT2_MODELS:
         model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
@@ -292,11 +295,11 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
         raise ConfigError(f"block_size={cfg.block_size} exceeds the model's {model.config.block_size}")
     model.to(env.device).train()
     counts, c = model.num_params(), model.config
-    parts = [f"{counts['wte'] / 1e6:.2f}M token embedding" + (" (shared with the output head)" if c.tie_embeddings else ""),
-             *([f"{counts['lm_head'] / 1e6:.2f}M output head"] if counts["lm_head"] else []),
-             *([f"{counts['wpe'] / 1e6:.2f}M position embedding"] if counts["wpe"] else []),
-             f"{counts['blocks'] / 1e6:.2f}M in the blocks"]
-    env.print0(f"model: {counts['total'] / 1e6:.2f}M parameters = " + " + ".join(parts))
+    parts = [f"{report.count(counts['wte'])} token embedding" + (" (shared with the output head)" if c.tie_embeddings else ""),
+             *([f"{report.count(counts['lm_head'])} output head"] if counts["lm_head"] else []),
+             *([f"{report.count(counts['wpe'])} position embedding"] if counts["wpe"] else []),
+             f"{report.count(counts['blocks'])} in the blocks"]
+    env.print0(f"model: {report.count(counts['total'])} parameters = " + " + ".join(parts))
     env.print0(f"model: positions {c.pos_emb}, {c.norm}, qk_norm {c.qk_norm}, mlp {c.mlp}, tied head "
                f"{c.tie_embeddings}, logit softcap {c.logit_softcap or 'off'}, bias {c.bias}")
     return model
@@ -336,8 +339,9 @@ def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, ckpt: di
     if cfg.batch_size == "auto":
         cfg = replace(cfg, batch_size=auto_batch_size(cfg, env, model, optimizer, amp, ckpt))
     accum_steps, tokens_per_step = resolve_batch(cfg, env.world_size)
-    env.print0(f"batch: {tokens_per_step:,} tokens/update = {cfg.batch_size} seqs x {cfg.block_size} tokens "
-               f"x {accum_steps} micro-steps x {env.world_size} processes")
+    env.print0(f"batch: {tokens_per_step:,} tokens/update = {report.plural(cfg.batch_size, 'sequence')} x "
+               f"{report.plural(cfg.block_size, 'token')} x {report.plural(accum_steps, 'micro-step')} x "
+               f"{report.plural(env.world_size, 'process', 'processes')}")
     return cfg, accum_steps, tokens_per_step
 
 
@@ -385,8 +389,8 @@ def restore(ckpt: dict | None, cfg: TrainConfig, env: Env, optimizer, scaler, lo
     loader.load_state_dict(ckpt["loader"])
     old = TrainConfig(**ckpt["config"])
     if get_lr(state.step, old) != get_lr(state.step, cfg):
-        changed = [f"{k} {getattr(old, k)} -> {getattr(cfg, k)}" for k in SCHEDULE_KEYS if getattr(old, k) != getattr(cfg, k)]
-        env.print0(f"resume: the schedule changed ({', '.join(changed)}): lr at step {state.step} goes from "
+        changed = report.changes(asdict(old), asdict(cfg), SCHEDULE_KEYS)
+        env.print0(f"resume: the schedule changed ({'; '.join(changed)}): lr at step {state.step} goes from "
                    f"{get_lr(state.step, old):.3g} to {get_lr(state.step, cfg):.3g}")
     env.print0(f"resume: from step {state.step} of {cfg.out_dir}/{LATEST}, best val loss {state.best_val_loss:.4f}")
     if state.step > cfg.max_iters:
@@ -429,7 +433,7 @@ class RunLog:
             return
         os.makedirs(cfg.out_dir, exist_ok=True)
         write_json(os.path.join(cfg.out_dir, "config.json"), record)
-        print("config:\n" + format_config(cfg), flush=True)
+        print(report.config_lines(cfg, os.path.join(cfg.out_dir, "config.json")), flush=True)
         self.metrics = open_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step)
         if cfg.wandb_log:
             import wandb
@@ -526,13 +530,6 @@ def save_run(out_dir: str, names: tuple[str, ...], model: GPT, optimizer, scaler
     print(f"saved {' and '.join(names)} in {out_dir} at step {state.step}", flush=True)
 
 
-def duration(seconds: float) -> str:
-    """1h02m03s, 4m05s or 6s: elapsed and ETA in the log."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def short_count(n: float) -> str:
     """3.15B, 524.29K: token counts in the log."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -584,7 +581,7 @@ def train(cfg: TrainConfig) -> dict:
         state.wandb_id = log.wandb.id or state.wandb_id
         flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
         stop, start_step, elapsed_before, t0 = StopFlag(), state.step, state.elapsed, time.time()
-        last_loss = val_loss = None
+        last_loss = val_loss = val_step = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
         model = compile_and_wrap(raw_model, cfg, env)
         try:
@@ -598,6 +595,7 @@ def train(cfg: TrainConfig) -> dict:
                 resumed_val = ckpt["val_loss"] if ckpt is not None and step == start_step else None
                 if step % cfg.eval_interval == 0 or last_step or resumed_val is not None:
                     row["val_loss"] = val_loss = evaluate(raw_model, val_set, amp, env)
+                    val_step = step
                     val_bpb = val_set.bits_per_byte(val_loss)
                     if val_bpb is not None:
                         row["val_bpb"] = val_bpb
@@ -661,6 +659,12 @@ def train(cfg: TrainConfig) -> dict:
             stop.restore()
             log.close()
             del model  # a DDP wrapper holds the process group: release it before the group is destroyed
+        final = val_loss if val_step == state.step else None  # a stop between evals has no val loss of its step
+        best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
+        env.print0(report.run_summary(report.RunSummary(
+            cfg.out_dir, start_step, state.step, cfg.max_iters, tokens_per_step, elapsed_before + time.time() - t0, final,
+            val_set.bits_per_byte(final) if final is not None else None, best,
+            val_set.bits_per_byte(best) if best is not None else None, [LATEST, BEST])))
     return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}
 
 

@@ -90,7 +90,7 @@ def pick_dtype(requested: str, device: str) -> tuple[str, str]:
         if torch.cuda.is_bf16_supported():
             return "bfloat16", "GPU supports bf16"
         return "float16", "GPU lacks bf16 (pre-Ampere): fp16 autocast with GradScaler"
-    return "float32", f"{device.split(':')[0]}: full precision unless asked (--dtype=bfloat16)"
+    return "float32", f"full precision on {device.split(':')[0]} (--dtype=bfloat16 for bf16 autocast)"
 
 
 def autocast(device: str, dtype: str):

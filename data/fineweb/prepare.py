@@ -29,9 +29,9 @@ from typing import Iterator
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from fineweb_gpt import tokenizer  # noqa: E402
+from fineweb_gpt import report, tokenizer  # noqa: E402
 from fineweb_gpt.atomic import AtomicFile, write_json  # noqa: E402
-from configurator import ConfigError, check_values, cli, key  # noqa: E402
+from configurator import ConfigError, check_values, cli, flag, key  # noqa: E402
 from fineweb_gpt.dataloader import PREPARE_STATE, header_for  # noqa: E402
 from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
                      parquet_rows, prefetch, read_jsonl, read_parquet, read_txt, stream_hf_dataset)
@@ -163,8 +163,11 @@ class Prepare:
         with open(path) as f:
             state = json.load(f)
         if state["settings"] != self.settings():
-            raise PrepareError(f"{cfg.out_dir} holds a run with other settings {state['settings']}; run the "
-                               f"same command to resume it, or pass --overwrite to start over")
+            stored = state["settings"]
+            keep = " ".join(flag(k, stored[k]) for k in stored if stored[k] != self.settings().get(k))
+            raise PrepareError(f"{cfg.out_dir} holds shards made with other settings ("
+                               f"{'; '.join(report.changes(stored, self.settings()))}); to continue them, run with "
+                               f"the settings they were made with ({keep}), or pass --overwrite to start over")
         done = state["sources"]
         now = [[s.name, s.size] for s in self.sources[:len(done)]]
         if now != done:
