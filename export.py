@@ -59,6 +59,13 @@ def check_target(hf_dir: str, overwrite: bool) -> None:
                           f"new folder, or pass --overwrite=True to replace the files an export writes there")
 
 
+def plain_file_mode() -> int:
+    """The mode a newly created file gets here (0644 under the usual umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def export(cfg: ExportConfig) -> str:
     check_target(cfg.hf_dir, cfg.overwrite)
     model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
@@ -86,7 +93,9 @@ def export(cfg: ExportConfig) -> str:
             print(f"note: tokenizer {tok_record['name']} has no Hugging Face files here; only the model was written",
                   file=sys.stderr)
         os.makedirs(cfg.hf_dir, exist_ok=True)
+        mode = plain_file_mode()
         for name in os.listdir(staging):
+            os.chmod(os.path.join(staging, name), mode)  # safetensors writes 0600; the rest are 0644 under umask 022
             os.replace(os.path.join(staging, name), os.path.join(cfg.hf_dir, name))
     except (OSError, RuntimeError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
         raise ExportError(f"could not write the export into {cfg.hf_dir} ({type(e).__name__}: "

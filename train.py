@@ -527,7 +527,9 @@ def save_run(out_dir: str, names: tuple[str, ...], model: GPT, optimizer, scaler
                      "auto_batch_size": state.auto_batch_size}, first)
     for name in names[1:]:
         publish_copy(first, os.path.join(out_dir, name))
-    print(f"saved {' and '.join(names)} in {out_dir} at step {state.step}", flush=True)
+    linked = len(names) > 1 and os.path.samefile(first, os.path.join(out_dir, names[1]))
+    print(f"saved {' and '.join(names)} in {out_dir} at step {state.step}" +
+          (" (hard links: one file on disk)" if linked else ""), flush=True)
 
 
 def short_count(n: float) -> str:
