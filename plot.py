@@ -151,7 +151,7 @@ def make_figure(runs: list[Run], refs: list[dict], log_tokens: bool = False):
     a target out of reach is a corner note (gid 'note/<name>'). Returns (figure, one line per reference
     not drawn, saying why)."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
     fig = Figure(figsize=(WIDTH, HEIGHT), dpi=DPI)
     ax = fig.add_subplot()
     colours = [f"C{i % 10}" for i in range(len(runs))]
@@ -174,7 +174,7 @@ def make_figure(runs: list[Run], refs: list[dict], log_tokens: bool = False):
     ax.set_ylim(min(ys) - 0.05 * span, max(ys) + 0.05 * span)
     ax.set_xscale("log" if log_tokens else "linear")
     ax.set_xlim(x_min, x_max)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(thousands))
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(True, alpha=0.3)
@@ -182,11 +182,17 @@ def make_figure(runs: list[Run], refs: list[dict], log_tokens: bool = False):
     if len(per_step) == 1 and None not in per_step:  # one step size: steps read off the top axis
         n = per_step.pop()
         top = ax.secondary_xaxis("top", functions=(lambda t: t / n, lambda s: s * n))
-        top.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        top.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole steps
+        top.xaxis.set_major_formatter(FuncFormatter(thousands))
         top.set_xlabel(f"steps ({n:,} tokens each)")
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig, left_out
+
+
+def thousands(x: float, _pos=None) -> str:
+    """A tick label with thousands separators: 204,800; a fraction keeps its digits (2.5)."""
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,g}"
 
 
 def draw_references(ax, runs: list[Run], refs: list[dict], shown, x_range: tuple[float, float],
@@ -216,8 +222,8 @@ def draw_references(ax, runs: list[Run], refs: list[dict], shown, x_range: tuple
         points = [(p["step"] * ref["tokens_per_step"], p["val_loss"]) for p in ref["points"]]
         x, y = shown(([p[0] for p in points if x_range[0] <= p[0] <= x_range[1]],
                       [p[1] for p in points if x_range[0] <= p[0] <= x_range[1]]))
-        if not x:
-            left_out.append(f"{name}: no point in the plotted token range")
+        if not any(x):  # step 0 alone is every fresh model's ln(vocab): nothing to compare a run with
+            left_out.append(f"{name}: no point past step 0 in the plotted token range")
             continue
         # points only: a line would invent the loss between evaluations thousands of steps apart
         ax.plot(x, y, color=f"{0.45 + 0.1 * (i % 3):.2f}", alpha=0.6, ls="none", marker="s^Dv"[i % 4], ms=5,

@@ -640,7 +640,7 @@ def train(cfg: TrainConfig) -> dict:
                 dt = time.time() - t_step
                 step_times.append(dt)
 
-                if step % cfg.log_interval == 0:
+                if step % cfg.log_interval == 0 or step == cfg.max_iters - 1:  # the last update too: curves end with the run
                     mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,

@@ -104,6 +104,12 @@ def checkpoint_lines(out_dir: str, names: Iterable[str]) -> list[str]:
     return lines
 
 
+def export_dir(out_dir: str) -> str:
+    """The export folder suggested for a run: beside it, out-tiny -> hf-tiny, runs/a -> runs/hf-a."""
+    parent, name = os.path.split(os.path.normpath(out_dir))
+    return os.path.join(parent, "hf-" + (name[len("out-"):] if name.startswith("out-") and len(name) > 4 else name))
+
+
 @dataclasses.dataclass
 class RunSummary:
     """What a finished (or stopped) run tells its user last."""
@@ -137,5 +143,5 @@ def run_summary(s: RunSummary) -> str:
     lines.append("next:" if done else "next (continue with --init_from=resume, or):")
     lines += [f"  python sample.py --out_dir={out}",
               f"  python plot.py {out}",
-              f"  python export.py --out_dir={out} --hf_dir=hf-model"]
+              f"  python export.py --out_dir={out} --hf_dir={shlex.quote(export_dir(s.out_dir))}"]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ def lines(fig):
 @pytest.fixture(scope="module")
 def run_dir(synthetic_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out-syn"
-    run_train(synthetic_shards, out, "--max_iters=6", "--eval_interval=3")
+    run_train(synthetic_shards, out, "--max_iters=6", "--eval_interval=3", "--log_interval=4")  # logs 0, 4 and the last, 5
     return str(out)
 
 
@@ -32,6 +32,7 @@ def test_png_is_written_at_its_size_with_the_runs_points(run_dir, tmp_path):
     assert list(drawn["out-syn/train"].get_xdata()) == [r["tokens"] + 128 for r in rows if "loss" in r]
     assert list(drawn["out-syn/train"].get_ydata()) == [r["loss"] for r in rows if "loss" in r]
     assert list(drawn["out-syn/val"].get_xdata()) == [0, 384, 768]  # steps 0, 3, 6 of 128 tokens
+    assert [r["step"] for r in rows if "loss" in r] == [0, 4, 5]  # the last update is logged whatever log_interval
     assert drawn["out-syn/train"].get_xdata()[-1] == 768
     assert list(drawn["out-syn/val"].get_ydata()) == [r["val_loss"] for r in rows if "val_loss" in r]
     assert run.label == "out-syn: 2L x 32, adamw/cosine, 128 tok/step"
@@ -57,7 +58,7 @@ def test_references_only_for_runs_on_their_tokenizer_and_data(run_dir, tmp_path)
 def test_a_run_in_progress_and_several_runs(run_dir, tmp_path):
     live = tmp_path / "live"
     live.mkdir()
-    rows = metrics(run_dir)[:3]
+    rows = [r for r in metrics(run_dir) if "loss" in r][:3]
     (live / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
     fig, _ = plot.make_figure([plot.load_run(str(live)), plot.load_run(os.path.join(run_dir, "metrics.jsonl"))], [])
     drawn = lines(fig)
@@ -105,9 +106,10 @@ def test_the_run_is_drawn_above_lighter_references_and_the_legend_lists_only_wha
     reference, val = drawn[f"ref/{cpu}"], drawn["fake/val"]
     assert val.get_zorder() > reference.get_zorder() and drawn["fake/train"].get_zorder() > reference.get_zorder()
     assert reference.get_alpha() < 1 and val.get_alpha() in (None, 1)
-    # the 40M reference's only point in range is its step 0; the rest lie millions of tokens to the right
+    assert list(reference.get_xdata()) == [0, 51200, 102400, 153600, 204800]
+    # the 40M reference's only point in range is its step 0, the others lie millions of tokens to the right
     forty = next(r["name"] for r in refs if r["name"].startswith("40M"))
-    assert list(drawn[f"ref/{forty}"].get_xdata()) == [0]
+    assert f"ref/{forty}" not in drawn and f"{forty}: no point past step 0 in the plotted token range" in left_out
     assert sorted(legend_labels(fig)) == sorted(line.get_label() for line in drawn.values())
     # the 3.28 target is 3.1 below this run's lowest loss: a note, no line, no legend entry, no stretched axis
     assert "ref/FineWeb val target 3.28" not in drawn
@@ -122,12 +124,13 @@ def test_a_reference_outside_the_plotted_tokens_is_left_out_of_the_legend():
            "points": [{"step": 10, "val_loss": 5.0}, {"step": 20, "val_loss": 4.5}]}
     fig, left_out = plot.make_figure([fake_run([(0, 10.8, 10.8), (200, 6.4, 7.2)])], [ref])
     assert "ref/far" not in lines(fig) and not any("far" in label for label in legend_labels(fig))
-    assert left_out == ["far: no point in the plotted token range"]
+    assert left_out == ["far: no point past step 0 in the plotted token range"]
 
 
 def test_token_axis_has_thousands_separators(run_dir):
     fig, _ = plot.make_figure([fake_run([(0, 10.8, 10.8), (200, 6.4, 7.2)])], [])
     assert fig.axes[0].xaxis.get_major_formatter()(204800, 0) == "204,800"
+    assert plot.thousands(2.5) == "2.5"  # a fraction is not rounded into another number
 
 
 def test_default_output_is_beside_the_run(run_dir, tmp_path):

@@ -4,7 +4,7 @@ import shlex
 from dataclasses import dataclass
 
 from configurator import key, parse_config
-from fineweb_gpt.report import (RunSummary, changes, choice_reason, config_lines, count, device_line,
+from fineweb_gpt.report import (RunSummary, changes, choice_reason, config_lines, count, device_line, export_dir,
                                 param_group_line, plural, run_summary)
 
 
@@ -91,3 +91,7 @@ def test_summary_commands_paste_for_a_folder_with_a_space(tmp_path):
     text = summary(run, checkpoints=[], out_dir=str(run))
     sample = next(line for line in text.splitlines() if "sample.py" in line)
     assert shlex.split(sample)[2] == f"--out_dir={run}"
+
+
+def test_the_suggested_export_folder_sits_beside_the_run():
+    assert [export_dir("out-tiny"), export_dir("runs/gpt2/"), export_dir("out")] == ["hf-tiny", "runs/hf-gpt2", "hf-out"]
