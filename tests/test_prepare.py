@@ -262,3 +262,9 @@ def test_an_unwritable_out_dir_is_a_message(tiktoken_cache, parquet_files, tmp_p
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit, match="(?s)prepare.py: error: .*a_file.*run the same command again"):
         prepare.main([f"--input={parquet_files[0]}", f"--out_dir={blocker}", "--progress=False"])
+
+
+def test_changed_inputs_are_named_one_by_one():
+    done = [["a.parquet", 100], ["b.parquet", 200], ["c.parquet", 300]]
+    assert prepare.input_changes(done, [["a.parquet", 100], ["b.parquet", 250]]) == [
+        "input 2: b.parquet (200 bytes) -> b.parquet (250 bytes)", "input 3: c.parquet (300 bytes) -> (none)"]

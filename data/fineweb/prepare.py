@@ -171,7 +171,7 @@ class Prepare:
         done = state["sources"]
         now = [[s.name, s.size] for s in self.sources[:len(done)]]
         if now != done:
-            raise PrepareError(f"the inputs already tokenized into {cfg.out_dir} changed (was {done}, now {now}); "
+            raise PrepareError(f"the inputs already tokenized into {cfg.out_dir} changed ({'; '.join(input_changes(done, now))}); "
                                f"pass --overwrite to start over")
         return state
 
@@ -392,6 +392,13 @@ class Prepare:
 def _progress(enabled: bool, total: int | None, initial: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, unit="doc", disable=not enabled, dynamic_ncols=True)
+
+
+def input_changes(done: list[list], now: list[list]) -> list[str]:
+    """'path (bytes) -> path (bytes)' for each input, in order, that differs from the one tokenized before."""
+    show = lambda s: f"{s[0]} ({s[1]:,} bytes)" if s else "(none)"  # noqa: E731
+    return [f"input {i + 1}: {show(a)} -> {show(b)}" for i, (a, b) in
+            enumerate(zip(done, now + [None] * (len(done) - len(now)))) if a != b]
 
 
 def main(argv: list[str] | None = None) -> dict:
