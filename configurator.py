@@ -4,7 +4,8 @@
 
 Each script declares a dataclass whose fields are the keys (see `key`). Arguments apply in order:
 a path ending in .py is executed as a config file and every top-level name it assigns must be a
-key; `--key=value` overrides one key. Unknown keys name the closest valid key, type mismatches say
+key; `--key=value` overrides one key, and a bare `--key` sets a bool key to True (as argparse's
+store_true flags do). Unknown keys name the closest valid key, type mismatches say
 what was expected, a value outside a key's declared choices lists them, and `--help` lists every
 key with its type, default, meaning and choices.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import shlex
 import sys
 import traceback
 import types
@@ -210,7 +212,8 @@ def _refuse_statements_that_set_nothing(tree: ast.Module, source: str, path: str
 
 def help_text(cls: type, prog: str) -> str:
     hints = _field_types(cls)
-    lines = [f"usage: {prog} [config_file.py ...] [--key=value ...]", "", "keys:"]
+    lines = [f"usage: {prog} [config_file.py ...] [--key=value ...]",
+             "(a bare --key sets a bool key to True)", "", "keys:"]
     for f in dataclasses.fields(cls):
         choices, spec = f.metadata.get("choices"), f.metadata.get("range")
         words = "|".join(str(c) for c in choices or ())
@@ -220,6 +223,23 @@ def help_text(cls: type, prog: str) -> str:
     return "\n".join(lines)
 
 
+def _is_bool(typ: Any) -> bool:
+    return _unwrap_optional(typ)[0] is bool
+
+
+def flag(name: str, value: Any) -> str:
+    """`--name=value` as a shell reads it back: quoted where the value holds spaces or shell characters."""
+    return shlex.quote(f"--{name}={value}")
+
+
+def _missing_equals(name: str, nxt: str | None, typ: Any, default: Any) -> ConfigError:
+    """`--key value` or a trailing `--key`: the fix, written so that pasting it works."""
+    if nxt is not None and not nxt.startswith("-"):
+        return ConfigError(f"write {flag(name, nxt)} (with '='), not '--{name} {nxt}'")
+    return ConfigError(f"--{name} needs a value ({_type_name(typ)}); for the default, write {flag(name, default)} "
+                       f"(your value goes after the '=')")
+
+
 def parse_config(cls: type, argv: list[str], prog: str = "train.py"):
     """Build `cls` from config files and --key=value arguments (see module docstring).
 
@@ -227,6 +247,7 @@ def parse_config(cls: type, argv: list[str], prog: str = "train.py"):
     """
     hints = _field_types(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for i, arg in enumerate(argv):
         if arg in ("-h", "--help"):
@@ -244,17 +265,16 @@ def parse_config(cls: type, argv: list[str], prog: str = "train.py"):
         if name not in hints:
             raise _unknown_key(name, valid, "on the command line")
         if not sep:
-            nxt = argv[i + 1] if i + 1 < len(argv) else "VALUE"
-            raise ConfigError(f"write --{name}={nxt} (with '='), not '--{name} {nxt}'")
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if _is_bool(hints[name]) and not (nxt is not None and nxt.lower() in ("true", "false", "none")):
+                values[name] = True  # a bare flag, as argparse's store_true
+                continue
+            raise _missing_equals(name, nxt, hints[name], defaults[name])
         values[name] = coerce(name, value, hints[name], from_cli=True)
     cfg = cls(**values)
     check_values(cfg)
     return cfg
 
-
-def format_config(cfg: Any) -> str:
-    """One key per line, for printing the resolved config once at start-up."""
-    return "\n".join(f"  {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items())
 
 
 def cli(cls: type, prog: str, argv: list[str] | None = None):

@@ -6,7 +6,8 @@
 
 The protocol is lm-evaluation-harness's `hellaswag` task (lm_eval/tasks/hellaswag/utils.py and the
 harness's multiple-choice scoring), zero-shot:
-  - context = preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize()); each ending is
+  - context = preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize()) (an item with only
+    the combined `ctx` uses it as written: ctx_b's first letter then stays lower case); each ending is
     preprocess(ending); preprocess strips, turns " [title]" into ". ", drops other [bracketed] WikiHow
     markup and collapses double spaces.
   - each ending is scored as the continuation " " + ending: the sum of its tokens' log-probabilities
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from fineweb_gpt import hardware
+from fineweb_gpt import report
 from fineweb_gpt import tokenizer
 from configurator import check_values, key, run_main
 from fineweb_gpt.errors import UserError
@@ -47,12 +49,12 @@ REFERENCES = [
     "GPT-2 XL 1558M, lm-evaluation-harness: acc 0.4004, acc_norm 0.5089",
     "(all three GPT-2 rows as quoted in llm.c's dev/data/hellaswag.py)",
 ]
-OFFLINE_HINT = (f"eval.py reads HellaSwag from the Hugging Face Hub ({HELLASWAG_HUB_ID}, validation split) through "
-                f"`datasets`, which needs a connection the first time (it is cached afterwards). Offline, pass "
-                f"--data_file=PATH: the validation split as JSON lines, one item per line with the fields "
-                f"activity_label, ctx_a, ctx_b, endings (4 strings) and label (0-3), e.g. hellaswag_val.jsonl from "
-                f"github.com/rowanz/hellaswag (data/) or the Hub dataset saved with "
-                f"load_dataset('{HELLASWAG_HUB_ID}', split='validation').to_json('hellaswag_val.jsonl')")
+# What one line of --data_file holds; both published forms of the validation split have every field
+# (github.com/rowanz/hellaswag's data/hellaswag_val.jsonl, and the Hub dataset saved as JSON lines);
+# other fields (ind, source_id, split, ...) are ignored.
+ITEM_FIELDS = "activity_label, ctx (or ctx_a and ctx_b), endings (4 strings), label (0-3)"
+OFFLINE_HINT = (f"offline, pass --data_file=PATH: the validation split as JSON lines with {ITEM_FIELDS}, "
+                f"e.g. hellaswag_val.jsonl from github.com/rowanz/hellaswag (data/)")
 
 
 @dataclass
@@ -62,7 +64,8 @@ class EvalConfig:
     init_from: str = key("resume", "'resume' (a checkpoint from out_dir) or gpt2, gpt2-medium, gpt2-large, gpt2-xl",
                          choices=("resume", *GPT2_MODELS))
     task: str = key("hellaswag", "benchmark to score", choices=("hellaswag",))
-    data_file: str = key("", f"local JSON lines of the validation split ('' = {HELLASWAG_HUB_ID} via datasets)")
+    data_file: str = key("", f"local JSON lines of the validation split, each with {ITEM_FIELDS} ('' = "
+                             f"{HELLASWAG_HUB_ID} via datasets)")
     limit: int = key(0, "score only the first this many items (0 = all)", range="[0, inf)")
     batch_size: int = key(8, "items per forward pass (4 sequences each)", range="[1, inf)")
     device: str = key("auto", "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
@@ -87,7 +90,8 @@ def preprocess(text: str) -> str:
 
 def render(doc: dict) -> tuple[str, list[str], int]:
     """(context, the 4 endings, index of the right one) of a dataset item."""
-    context = preprocess(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
+    ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize() if "ctx_a" in doc and "ctx_b" in doc else doc["ctx"]
+    context = preprocess(doc["activity_label"] + ": " + ctx)
     return context, [preprocess(e) for e in doc["endings"]], int(doc["label"])
 
 
@@ -160,7 +164,12 @@ def score(model: GPT, enc, docs: list[dict], device: str, amp, batch_size: int =
 # ------------------------------------------------------------------ data and model
 
 def check_item(doc: dict, where: str) -> dict:
-    problems = [f"no {f!r}" for f in ("activity_label", "ctx_a", "ctx_b", "endings", "label") if f not in doc]
+    """doc, if it holds what render() reads; else an error of two short lines naming what is missing."""
+    problems = [f"no {f!r}" for f in ("activity_label", "endings", "label") if f not in doc]
+    if "ctx" not in doc and not ("ctx_a" in doc and "ctx_b" in doc):
+        problems.insert(1, "no 'ctx' (nor 'ctx_a' and 'ctx_b')")
+    if "label" not in doc and doc.get("split") == "test":
+        problems = ["the test split has no labels: score the validation split"]
     if not problems:
         if not (isinstance(doc["endings"], list) and len(doc["endings"]) == 4
                 and all(isinstance(e, str) for e in doc["endings"])):
@@ -168,7 +177,7 @@ def check_item(doc: dict, where: str) -> dict:
         if str(doc["label"]) not in ("0", "1", "2", "3"):
             problems.append(f"'label' is {doc['label']!r}, not 0-3")
     if problems:
-        raise EvalError(f"{where}: not a HellaSwag item ({', '.join(problems)}); {OFFLINE_HINT}")
+        raise EvalError(f"{where}: not a HellaSwag item ({', '.join(problems)})\neach line needs {ITEM_FIELDS}")
     return doc
 
 
@@ -186,7 +195,7 @@ def read_items(path: str) -> list[dict]:
         try:
             doc = json.loads(line)
         except ValueError as e:
-            raise EvalError(f"{path}:{n}: not a JSON line ({e})") from None
+            raise EvalError(f"{path}:{n}: not a JSON line ({e}); each line needs {ITEM_FIELDS}") from None
         docs.append(check_item(doc if isinstance(doc, dict) else {}, f"{path}:{n}"))
     if not docs:
         raise EvalError(f"{path} holds no items")
@@ -201,7 +210,8 @@ def load_items(cfg: EvalConfig) -> list[dict]:
             import datasets
             docs = list(datasets.load_dataset(HELLASWAG_HUB_ID, split="validation"))
         except Exception as e:  # no connection, hub errors: all say the same thing to the user
-            raise EvalError(f"could not load {HELLASWAG_HUB_ID} ({type(e).__name__}: {str(e)[:200]}).\n"
+            first = (str(e).strip().splitlines() or [""])[0][:150]
+            raise EvalError(f"could not load {HELLASWAG_HUB_ID} through datasets ({type(e).__name__}: {first})\n"
                             f"{OFFLINE_HINT}") from None
         docs = [check_item(d, f"{HELLASWAG_HUB_ID} item {i}") for i, d in enumerate(docs)]
     return docs[:cfg.limit] if cfg.limit else docs
@@ -217,7 +227,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     enc = tokenizer.load_encoding(loaded.tokenizer["name"])
     docs = load_items(cfg)
     subset = "" if len(docs) == HELLASWAG_ITEMS else f" (not the full {HELLASWAG_ITEMS:,}: not comparable)"
-    print(f"hellaswag: {len(docs):,} items{subset}, zero-shot, on {device} in {dtype} ({dtype_reason})")
+    print(f"hellaswag: {len(docs):,} items{subset}, zero-shot")
+    print(report.device_line(device, hardware.device_name(device), device_reason, dtype,
+                             report.choice_reason(dtype_reason, cfg.dtype == EvalConfig.dtype)))
     out = score(model, enc, docs, device, hardware.autocast(device, dtype), cfg.batch_size, cfg.progress)
     print(f"hellaswag: {out['items']:,} items | acc {out['acc']:.4f} | acc_norm {out['acc_norm']:.4f} "
           f"(sum of ending log-probs per character of the ending)")

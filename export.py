@@ -71,6 +71,16 @@ def write_files(hf_model, tok_record: dict, tokenizer_files: bool, folder: str) 
     elif tokenizer_files:
         print(f"note: tokenizer {tok_record['name']} has no Hugging Face files here; only the model was written",
               file=sys.stderr)
+    mode = plain_file_mode()
+    for name in os.listdir(folder):  # safetensors writes 0600; the other files get the umask's mode (0644)
+        os.chmod(os.path.join(folder, name), mode)
+
+
+def plain_file_mode() -> int:
+    """The mode a newly created file gets here (0644 under the usual umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def export(cfg: ExportConfig) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from fineweb_gpt import hardware
+from fineweb_gpt import report
 from fineweb_gpt import tokenizer
 from configurator import check_values, key, run_main
 from fineweb_gpt.errors import UserError
@@ -128,7 +129,7 @@ def sample(cfg: SampleConfig, out=sys.stdout) -> list[str]:
             out.write(live.decode(b"", final=True) + "\n")
             continue
         out.write(f"---------- sample {i + 1} of {cfg.num_samples}\n{text}\n")
-    print(f"[{n} steps x {cfg.num_samples} samples in {dt:.2f}s = {n * cfg.num_samples / max(dt, 1e-9):,.0f} tokens/s, "
+    print(f"[{report.plural(n, 'step')} x {report.plural(cfg.num_samples, 'sample')} in {dt:.2f}s = {n * cfg.num_samples / max(dt, 1e-9):,.0f} tokens/s, "
           f"kv_cache={cfg.kv_cache}, {device}]", file=sys.stderr)
     return texts
 

@@ -32,6 +32,7 @@ from fineweb_gpt.atomic import publish_copy
 from fineweb_gpt.batch import auto_batch_size, resolve_batch
 from fineweb_gpt.checkpoint import (BEST, LATEST, CheckpointError, LoopState, build_model, load_checkpoint, loop_state,
                                     rng_state, save_checkpoint, set_rng_state, training_checkpoint)
+from fineweb_gpt import report
 from fineweb_gpt.dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
 from fineweb_gpt.distributed import Env
 from fineweb_gpt.errors import UserError, raised_as
@@ -174,8 +175,8 @@ def refuse_to_overwrite(cfg: TrainConfig) -> None:
 def setup_device(cfg: TrainConfig, env: Env, device_reason: str) -> tuple[str, object]:
     """(dtype, autocast context), each choice printed."""
     dtype, dtype_reason = hardware.pick_dtype(cfg.dtype, env.device)
-    env.print0(f"device: {env.device} ({hardware.device_name(env.device)}; {device_reason}), world size {env.world_size}")
-    env.print0(f"dtype: {dtype} ({dtype_reason})")
+    env.print0(report.device_line(env.device, hardware.device_name(env.device), device_reason, dtype,
+                                  report.choice_reason(dtype_reason, cfg.dtype == "auto"), env.world_size))
     return dtype, hardware.autocast(env.device, dtype)
 
 
@@ -209,10 +210,11 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
     """The model on its device: from the checkpoint, OpenAI's GPT-2, or freshly initialised."""
     torch.manual_seed(cfg.seed)
     if ckpt is not None:
-        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["model_args"].items()
-                   if hasattr(cfg, k) and getattr(cfg, k) != v and k != "dropout"}
+        stored = {k: v for k, v in ckpt["model_args"].items() if hasattr(cfg, k) and k != "dropout"}
+        changed = report.changes(stored, {k: getattr(cfg, k) for k in stored})
         if changed:
-            env.print0(f"resume: model shape comes from the checkpoint; ignoring {changed} (checkpoint, config)")
+            env.print0(f"resume: the model comes from the checkpoint, so these config values are ignored "
+                       f"(checkpoint -> config): {'; '.join(changed)}")
         model = build_model(ckpt, os.path.join(cfg.out_dir, LATEST), dropout=cfg.dropout)
     elif cfg.init_from in GPT2_MODELS:
         model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
@@ -223,11 +225,11 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
         raise ConfigError(f"block_size={cfg.block_size} exceeds the model's {model.config.block_size}")
     model.to(env.device).train()
     counts, c = model.num_params(), model.config
-    parts = [f"{counts['wte'] / 1e6:.2f}M token embedding" + (" (shared with the output head)" if c.tie_embeddings else ""),
-             *([f"{counts['lm_head'] / 1e6:.2f}M output head"] if counts["lm_head"] else []),
-             *([f"{counts['wpe'] / 1e6:.2f}M position embedding"] if counts["wpe"] else []),
-             f"{counts['blocks'] / 1e6:.2f}M in the blocks"]
-    env.print0(f"model: {counts['total'] / 1e6:.2f}M parameters = " + " + ".join(parts))
+    parts = [f"{report.count(counts['wte'])} token embedding" + (" (shared with the output head)" if c.tie_embeddings else ""),
+             *([f"{report.count(counts['lm_head'])} output head"] if counts["lm_head"] else []),
+             *([f"{report.count(counts['wpe'])} position embedding"] if counts["wpe"] else []),
+             f"{report.count(counts['blocks'])} in the blocks"]
+    env.print0(f"model: {report.count(counts['total'])} parameters = " + " + ".join(parts))
     env.print0(f"model: positions {c.pos_emb}, {c.norm}, qk_norm {c.qk_norm}, mlp {c.mlp}, tied head "
                f"{c.tie_embeddings}, logit softcap {c.logit_softcap or 'off'}, bias {c.bias}")
     return model
@@ -272,8 +274,9 @@ def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, state: L
     else:
         state.auto_batch_size = None
     accum_steps, tokens_per_step = resolve_batch(cfg, env.world_size)
-    env.print0(f"batch: {tokens_per_step:,} tokens/update = {cfg.batch_size} seqs x {cfg.block_size} tokens "
-               f"x {accum_steps} micro-steps x {env.world_size} processes")
+    env.print0(f"batch: {tokens_per_step:,} tokens/update = {report.plural(cfg.batch_size, 'sequence')} x "
+               f"{report.plural(cfg.block_size, 'token')} x {report.plural(accum_steps, 'micro-step')} x "
+               f"{report.plural(env.world_size, 'process', 'processes')}")
     return cfg, accum_steps, tokens_per_step
 
 
@@ -363,7 +366,9 @@ def save_run(cfg: TrainConfig, names: tuple[str, ...], model: GPT, optimizer, sc
     for name in names[1:]:
         with raised_as(out_dir_failed, OSError):
             publish_copy(first, os.path.join(cfg.out_dir, name))
-    print(f"saved {' and '.join(names)} in {cfg.out_dir} at step {state.step}", flush=True)
+    linked = len(names) > 1 and os.path.samefile(first, os.path.join(cfg.out_dir, names[1]))
+    print(f"saved {' and '.join(names)} in {cfg.out_dir} at step {state.step}" +
+          (" (hard links: one file on disk)" if linked else ""), flush=True)
 
 
 def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) -> TrainingError:
@@ -405,7 +410,7 @@ def train(cfg: TrainConfig) -> dict:
         flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
         stop, clock, start_step = StopFlag(), Clock(state.elapsed), state.step
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
-        last_loss = val_loss = None
+        last_loss = val_loss = val_step = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
         model = wrap_ddp(compiled, env)
         try:
@@ -419,6 +424,7 @@ def train(cfg: TrainConfig) -> dict:
                 before_stop = resumed_val if step == start_step else None
                 if step % cfg.eval_interval == 0 or last_step or before_stop is not None:
                     row["val_loss"] = val_loss = state.val_loss = evaluate(raw_model, val_set, amp, env)
+                    val_step = step
                     val_bpb = val_set.bits_per_byte(val_loss)
                     if val_bpb is not None:
                         row["val_bpb"] = val_bpb
@@ -461,7 +467,7 @@ def train(cfg: TrainConfig) -> dict:
                 dt = time.time() - t_step
                 step_times.append(dt)
 
-                if step % cfg.log_interval == 0:
+                if step % cfg.log_interval == 0 or step == cfg.max_iters - 1:  # the last update too: curves end with the run
                     mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,
@@ -482,6 +488,12 @@ def train(cfg: TrainConfig) -> dict:
             stop.restore()
             log.close()
             del model  # a DDP wrapper holds the process group: release it before the group is destroyed
+        final = val_loss if val_step == state.step else None  # a stop between evals has no val loss of its step
+        best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
+        env.print0(report.run_summary(report.RunSummary(
+            cfg.out_dir, start_step, state.step, cfg.max_iters, tokens_per_step, clock.elapsed(), final,
+            val_set.bits_per_byte(final) if final is not None else None, best,
+            val_set.bits_per_byte(best) if best is not None else None, [LATEST, BEST])))
     return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}
 
 

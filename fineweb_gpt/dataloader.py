@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fineweb_gpt.errors import UserError
+from fineweb_gpt import report
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -212,11 +213,12 @@ class TrainLoader:
         return {"position": self.position, "seed": self.seed, "windows": self.windows.total}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["windows"] != self.windows.total or state["seed"] != self.seed:
+        now = {"windows": self.windows.total, "seed": self.seed}
+        changed = report.changes({k: state[k] for k in now}, now)
+        if changed:  # windows: the train split's block_size-token windows, which data and block_size decide
             raise ShardError(
-                f"the train data changed since the checkpoint (windows {state['windows']} -> "
-                f"{self.windows.total}, seed {state['seed']} -> {self.seed}); resuming would not see "
-                f"the same batches. Restore the data, or start a new run")
+                f"the train batches differ from the checkpoint's (checkpoint -> now: {'; '.join(changed)}); "
+                f"resuming would not see the same batches. Restore the data and settings, or start a new run")
         self.position = int(state["position"])
 
 

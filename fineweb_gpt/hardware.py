@@ -193,7 +193,7 @@ def pick_dtype(requested: str, device: str) -> tuple[str, str]:
             return "bfloat16", f"compute capability {major}.{minor} computes bf16 natively"
         return "float16", (f"compute capability {major}.{minor} has no native bf16 (before Ampere's 8.0): fp16 "
                            f"autocast with the GradScaler")
-    return "float32", f"{device.split(':')[0]}: full precision unless asked (--dtype=bfloat16)"
+    return "float32", f"full precision on {device.split(':')[0]} (--dtype=bfloat16 for bf16 autocast)"
 
 
 MUON_NS_DTYPES = ("auto", "bfloat16", "float32")

@@ -16,6 +16,7 @@ import torch
 
 from fineweb_gpt import hardware
 from fineweb_gpt.muon import Muon
+from fineweb_gpt import report
 from model import GPT
 
 OPTIMIZERS = ("adamw", "muon")
@@ -114,6 +115,7 @@ def make_optimizer(model: GPT, s: OptimizerSettings) -> tuple[torch.optim.Optimi
             if muon_optimizer.world_size > 1 else ""
         labels = [f"Muon (momentum {s.muon_momentum}, nesterov, Newton-Schulz in {str(ns_dtype)[6:]}: {ns_reason}"
                   f"{shards})" if g["name"].startswith("muon") else f"AdamW ({kind})" for g in groups]
-    lines = [f"{g['name']}: {sum(p.numel() for p in g['params']) / 1e6:.2f}M params in {len(g['params'])} tensors, "
-             f"{label}, lr {g['lr']:.3g}, weight decay {g['weight_decay']:g}" for g, label in zip(groups, labels)]
+    lines = [report.param_group_line(g["name"], sum(p.numel() for p in g["params"]), len(g["params"]),
+                                     f"{label}, lr {g['lr']:.3g}, weight decay {g['weight_decay']:g}")
+             for g, label in zip(groups, labels)]
     return optimizer, lines

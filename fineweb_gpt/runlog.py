@@ -11,10 +11,10 @@ import os
 import time
 from dataclasses import asdict
 
-from configurator import format_config
 from fineweb_gpt.atomic import atomic_write, write_json
 from fineweb_gpt.distributed import Env
 from fineweb_gpt.errors import UserError, raised_as
+from fineweb_gpt.report import config_lines, duration
 
 METRICS = "metrics.jsonl"
 
@@ -72,7 +72,7 @@ class RunLog:
             os.makedirs(cfg.out_dir, exist_ok=True)
             write_json(os.path.join(cfg.out_dir, "config.json"), record)
             self.metrics = open_metrics(os.path.join(cfg.out_dir, METRICS), resume_step)
-        print("config:\n" + format_config(cfg), flush=True)
+        print(config_lines(cfg, os.path.join(cfg.out_dir, "config.json")), flush=True)
         if cfg.wandb_log:
             import wandb
             self.wandb = wandb.init(project=cfg.wandb_project, id=wandb_id, resume="allow", config=asdict(cfg),
@@ -99,13 +99,6 @@ class Clock:
 
     def elapsed(self) -> float:
         return self.before + time.time() - self.start
-
-
-def duration(seconds: float) -> str:
-    """1h02m03s, 4m05s or 6s: elapsed and ETA in the log."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def short_count(n: float) -> str:

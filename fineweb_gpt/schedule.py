@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
+from fineweb_gpt import report
+
 
 class ScheduleKeys(Protocol):
     """The config keys the schedule reads (train.py's TrainConfig has them all)."""
@@ -43,6 +45,6 @@ def describe_change(step: int, old: ScheduleKeys, new: ScheduleKeys) -> str | No
     """On resume: what moves the learning rate at step from the old run's schedule to this one's, or None."""
     if get_lr(step, old) == get_lr(step, new):
         return None
-    changed = [f"{k} {getattr(old, k)} -> {getattr(new, k)}" for k in SCHEDULE_KEYS if getattr(old, k) != getattr(new, k)]
-    return (f"the schedule changed ({', '.join(changed)}): lr at step {step} goes from {get_lr(step, old):.3g} "
+    changed = report.changes({k: getattr(old, k) for k in SCHEDULE_KEYS}, {k: getattr(new, k) for k in SCHEDULE_KEYS})
+    return (f"the schedule changed ({'; '.join(changed)}): lr at step {step} goes from {get_lr(step, old):.3g} "
             f"to {get_lr(step, new):.3g}")

@@ -127,7 +127,7 @@ def test_train_with_batch_size_auto_on_cpu_and_resume_keeps_the_stored_choice(sy
     common = ["--batch_size=auto", "--total_batch_size=512", "--eval_interval=2"]  # 16 sequences of 32 tokens
     monkeypatch.setattr(autobatch, "FIXED_TOKENS", 128)  # a first run that settled on 4 sequences per micro-batch
     run_train(synthetic_shards, tmp_path, "--max_iters=2", *common)
-    assert "batch: 512 tokens/update = 4 seqs x 32 tokens x 4 micro-steps" in capsys.readouterr().out
+    assert "batch: 512 tokens/update = 4 sequences x 32 tokens x 4 micro-steps" in capsys.readouterr().out
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert saved["loop"]["auto_batch_size"] == 4 and saved["config"]["batch_size"] == 4
 
@@ -135,9 +135,9 @@ def test_train_with_batch_size_auto_on_cpu_and_resume_keeps_the_stored_choice(sy
     run_train(synthetic_shards, tmp_path, "--max_iters=4", "--init_from=resume", *common)
     out = capsys.readouterr().out
     assert "batch_size=auto: 4, chosen when the run started and stored in the checkpoint" in out
-    assert "= 4 seqs x 32 tokens x 4 micro-steps" in out
+    assert "= 4 sequences x 32 tokens x 4 micro-steps" in out
     run_train(synthetic_shards, tmp_path, "--max_iters=6", "--init_from=resume", "--reprobe_batch_size=True", *common)
-    assert "= 16 seqs x 32 tokens x 1 micro-steps" in capsys.readouterr().out
+    assert "= 16 sequences x 32 tokens x 1 micro-step x" in capsys.readouterr().out
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["loop"]["auto_batch_size"] == 16
 
 

@@ -1,4 +1,5 @@
 """The config system: typos and type errors are caught and explained, never silently accepted."""
+import shlex
 import subprocess
 import sys
 import dataclasses
@@ -67,6 +68,32 @@ def test_type_mismatch_in_file(tmp_path):
 def test_space_separated_value_gets_a_hint():
     with pytest.raises(ConfigError, match="write --batch_size=4 \\(with '='\\)"):
         parse_config(Cfg, ["--batch_size", "4"])
+
+
+def test_a_bare_flag_sets_a_bool_key_to_true_wherever_it_stands():
+    assert parse_config(Cfg, ["--decay_lr"]).decay_lr is True
+    cfg = parse_config(Cfg, ["--compile", "--batch_size=4"])  # a flag before another flag
+    assert cfg.compile is True and cfg.batch_size == 4
+    assert parse_config(Cfg, ["--batch_size=4", "--compile"]).compile is True
+
+
+def suggested_fix(message: str) -> list[str]:
+    """The arguments a message tells the user to write: the shell words after 'write ' up to ' ('."""
+    return shlex.split(message.split("write ", 1)[1].split(" (", 1)[0])
+
+
+@pytest.mark.parametrize("argv, fix", [
+    (["--batch_size", "4"], ["--batch_size=4"]),                            # a space instead of '='
+    (["--out_dir", "my runs/a"], ["--out_dir=my runs/a"]),                  # a value the shell must quote
+    (["--batch_size", "--compile=False"], ["--batch_size=8"]),              # bare before another flag: not glued to it
+    (["--learning_rate"], ["--learning_rate=0.0006"]),                      # ... or at the end
+    (["--compile", "False"], ["--compile=False"]),                          # a bool key with a space before its value
+])
+def test_the_printed_fix_pasted_back_parses(argv, fix):
+    with pytest.raises(ConfigError) as e:
+        parse_config(Cfg, argv)
+    assert suggested_fix(str(e.value)) == fix  # what the shell hands over when the printed text is pasted
+    parse_config(Cfg, fix)
 
 
 @pytest.mark.slow

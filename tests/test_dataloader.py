@@ -88,8 +88,10 @@ def test_position_restores_exactly(tmp_path):
         assert np.array_equal(a.next_batch()[0], b.next_batch()[0])
     (tmp_path / "other").mkdir()
     smaller = TrainLoader(make_dir(tmp_path / "other", n_train=1), 4, 32, seed=5)
-    with pytest.raises(ShardError, match="data changed"):
+    with pytest.raises(ShardError, match=r"differ from the checkpoint's \(checkpoint -> now: windows: \d+ -> \d+\)"):
         smaller.load_state_dict(state)
+    with pytest.raises(ShardError, match=r"\(checkpoint -> now: seed: 5 -> 6\)"):  # only what changed is named
+        TrainLoader(d, 4, 32, seed=6).load_state_dict(state)
 
 
 def test_val_set_is_fixed_and_split_across_ranks(tmp_path):

@@ -1,6 +1,7 @@
 """The README's commands as a user types them: prepare.py -> train.py -> sample.py -> export.py on real FineWeb text."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -27,9 +28,15 @@ def test_prepare_train_sample_export_from_the_command_line(tiktoken_cache, parqu
             "--eval_interval=10", "--eval_iters=4", "--n_embd=64", "--n_head=2", env=env)
     vals = [json.loads(line)["val_loss"] for line in open(out / "metrics.jsonl") if "val_loss" in line]
     assert len(vals) == 3 and vals[-1] < vals[0] - 1.0, vals  # it learned something from the text
-    assert "n_layer = 4" in r.stdout and "saved ckpt.pt" in r.stdout  # the config file was applied
+    assert "n_layer=4" in r.stdout and "saved ckpt.pt" in r.stdout  # the config file was applied
+    assert "run finished: 20 steps, 20,480 tokens" in r.stdout
+    next_commands = {shlex.split(c)[1]: shlex.split(c)[2:] for c in r.stdout.split("\nnext:\n", 1)[1].splitlines()
+                     if c.startswith("  python ")}
+    assert set(next_commands) == {"sample.py", "plot.py", "export.py"}
     r = run("sample.py", f"--out_dir={out}", "--num_samples=2", "--max_new_tokens=30", "--start=The court held",
             env=env)
     assert r.stdout.count("The court held") == 2 and len(r.stdout) > 2 * len("The court held") + 40
-    r = run("export.py", f"--out_dir={out}", f"--hf_dir={tmp_path / 'hf'}", env=env)
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path / "hf"))
+    run("plot.py", *next_commands["plot.py"], env=env)  # the summary's commands, pasted
+    assert (out / "loss.png").exists()
+    run("export.py", *next_commands["export.py"], env=env)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path / "hf-tiny"))

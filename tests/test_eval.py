@@ -134,3 +134,21 @@ def test_offline_and_bad_data_say_what_to_do(preferring_run, tmp_path, monkeypat
     bad.write_text(json.dumps(ITEMS[0]) + "\n" + json.dumps({**ITEMS[1], "endings": ["one"]}) + "\n")
     with pytest.raises(SystemExit, match=r"bad.jsonl:2: not a HellaSwag item \('endings' is not a list of 4"):
         hellaswag.main([f"--out_dir={out}", f"--data_file={bad}", "--device=cpu"])
+    bad.write_text(json.dumps({"activity_label": "x", "endings": ["a"] * 4, "label": 0}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        hellaswag.main([f"--out_dir={out}", f"--data_file={bad}", "--device=cpu"])
+    assert str(e.value).splitlines() == [  # what is missing and what a line holds, in two short lines
+        f"eval.py: error: {bad}:1: not a HellaSwag item (no 'ctx' (nor 'ctx_a' and 'ctx_b'))",
+        f"each line needs {hellaswag.ITEM_FIELDS}"]
+    bad.write_text(json.dumps({k: v for k, v in ITEMS[0].items() if k != "label"} | {"split": "test"}) + "\n")
+    with pytest.raises(SystemExit, match="the test split has no labels: score the validation split"):
+        hellaswag.main([f"--out_dir={out}", f"--data_file={bad}", "--device=cpu"])
+
+
+def test_an_item_with_only_the_combined_ctx_is_read_as_written(tmp_path):
+    combined = {k: v for k, v in ITEMS[0].items() if k not in ("ctx_a", "ctx_b")}
+    path = tmp_path / "ctx_only.jsonl"
+    path.write_text(json.dumps(combined) + "\n")
+    [doc] = hellaswag.read_items(str(path))
+    assert hellaswag.render(doc)[0] == "Roof shingle removal: A man is sitting on a roof. he"
+    assert hellaswag.render(ITEMS[0])[0] == CONTEXTS[0]  # with ctx_a and ctx_b, the harness's capitalisation

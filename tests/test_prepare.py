@@ -4,6 +4,7 @@ import glob
 import gzip
 import json
 import os
+import shlex
 
 import numpy as np
 import pyarrow as pa
@@ -103,9 +104,14 @@ def test_interrupted_run_resumes_to_byte_identical_shards(tiktoken_cache, parque
 
 def test_resume_refuses_changed_settings_and_overwrite_starts_over(tiktoken_cache, parquet_files, tmp_path):
     run(f"--input={parquet_files[0]}", f"--out_dir={tmp_path}", "--val_docs=5")
-    with pytest.raises(prepare.PrepareError, match="other settings"):
-        run(f"--input={parquet_files[0]}", f"--out_dir={tmp_path}", "--val_docs=6")
-    meta = run(f"--input={parquet_files[0]}", f"--out_dir={tmp_path}", "--val_docs=6", "--overwrite=True")
+    with pytest.raises(prepare.PrepareError, match=r"other settings \(shard_size: 100000000 -> 60000; "
+                                                   r"val_docs: 5 -> 6\)") as e:
+        run(f"--input={parquet_files[0]}", f"--out_dir={tmp_path}", "--val_docs=6", "--shard_size=60000")
+    assert "tokenizer" not in str(e.value)  # only what differs is named
+    fix = shlex.split(str(e.value).split("were made with (", 1)[1].split(")", 1)[0])
+    assert fix == ["--shard_size=100000000", "--val_docs=5"]
+    assert run(f"--input={parquet_files[0]}", f"--out_dir={tmp_path}", *fix)["shards"][0]["docs"] == 5  # pasted
+    meta = run(f"--input={parquet_files[0]}", f"--out_dir={tmp_path}", "--val_docs=6", "--overwrite")  # a bare flag
     assert meta["shards"][0]["docs"] == 6
 
 
@@ -256,3 +262,9 @@ def test_an_unwritable_out_dir_is_a_message(tiktoken_cache, parquet_files, tmp_p
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit, match="(?s)prepare.py: error: .*a_file.*run the same command again"):
         prepare.main([f"--input={parquet_files[0]}", f"--out_dir={blocker}", "--progress=False"])
+
+
+def test_changed_inputs_are_named_one_by_one():
+    done = [["a.parquet", 100], ["b.parquet", 200], ["c.parquet", 300]]
+    assert prepare.input_changes(done, [["a.parquet", 100], ["b.parquet", 250]]) == [
+        "input 2: b.parquet (200 bytes) -> b.parquet (250 bytes)", "input 3: c.parquet (300 bytes) -> (none)"]

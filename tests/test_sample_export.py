@@ -135,3 +135,21 @@ def test_export_refuses_an_option_set_transformers_cannot_compute(tmp_path):
     with pytest.raises(ExportError, match="cannot be exported: .*mlp='relu2'"):
         export(ExportConfig(out_dir=str(tmp_path), hf_dir=str(tmp_path / "hf")))
     assert not (tmp_path / "hf").exists()
+
+
+def test_export_files_get_the_same_permissions_as_any_new_file(tmp_path):
+    from dataclasses import asdict
+
+    from fineweb_gpt.checkpoint import save_checkpoint
+    from fineweb_gpt import tokenizer
+    from conftest import tiny_model
+    model = tiny_model()
+    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config),
+                     "tokenizer": tokenizer.describe(None)}, str(tmp_path / "ckpt.pt"))
+    previous = os.umask(0o022)
+    try:
+        export.export(export.ExportConfig(out_dir=str(tmp_path), hf_dir=str(tmp_path / "hf"), tokenizer_files=False))
+    finally:
+        os.umask(previous)
+    modes = {name: os.stat(tmp_path / "hf" / name).st_mode & 0o777 for name in os.listdir(tmp_path / "hf")}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes

@@ -29,9 +29,9 @@ from typing import Iterator
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from fineweb_gpt import tokenizer  # noqa: E402
+from fineweb_gpt import report, tokenizer  # noqa: E402
 from fineweb_gpt.atomic import AtomicFile, write_json  # noqa: E402
-from configurator import ConfigError, check_values, cli, key  # noqa: E402
+from configurator import ConfigError, check_values, cli, flag, key  # noqa: E402
 from fineweb_gpt.dataloader import PREPARE_STATE, header_for  # noqa: E402
 from fineweb_gpt.errors import UserError, raised_as  # noqa: E402
 from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
@@ -169,12 +169,15 @@ class Prepare:
         with open(path) as f:
             state = json.load(f)
         if state["settings"] != self.settings():
-            raise PrepareError(f"{cfg.out_dir} holds a run with other settings {state['settings']}; run the "
-                               f"same command to resume it, or pass --overwrite to start over")
+            stored = state["settings"]
+            keep = " ".join(flag(k, stored[k]) for k in stored if stored[k] != self.settings().get(k))
+            raise PrepareError(f"{cfg.out_dir} holds shards made with other settings ("
+                               f"{'; '.join(report.changes(stored, self.settings()))}); to continue them, run with "
+                               f"the settings they were made with ({keep}), or pass --overwrite to start over")
         done = state["sources"]
         now = [[s.name, s.size] for s in self.sources[:len(done)]]
         if now != done:
-            raise PrepareError(f"the inputs already tokenized into {cfg.out_dir} changed (was {done}, now {now}); "
+            raise PrepareError(f"the inputs already tokenized into {cfg.out_dir} changed ({'; '.join(input_changes(done, now))}); "
                                f"pass --overwrite to start over")
         return state
 
@@ -397,6 +400,13 @@ class Prepare:
 def _progress(enabled: bool, total: int | None, initial: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, unit="doc", disable=not enabled, dynamic_ncols=True)
+
+
+def input_changes(done: list[list], now: list[list]) -> list[str]:
+    """'path (bytes) -> path (bytes)' for each input, in order, that differs from the one tokenized before."""
+    show = lambda s: f"{s[0]} ({s[1]:,} bytes)" if s else "(none)"  # noqa: E731
+    return [f"input {i + 1}: {show(a)} -> {show(b)}" for i, (a, b) in
+            enumerate(zip(done, now + [None] * (len(done) - len(now)))) if a != b]
 
 
 def main(argv: list[str] | None = None) -> dict:
