@@ -18,7 +18,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from fineweb_gpt import tokenizer
+from fineweb_gpt import runlock, tokenizer
+from fineweb_gpt.atomic import os_error_reason
 from fineweb_gpt.checkpoint import CheckpointError, load_model, resolve
 from configurator import cli, key
 from fineweb_gpt.hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
@@ -49,7 +50,7 @@ def check_target(hf_dir: str, overwrite: bool) -> None:
     """hf_dir must be a new or empty folder; a training run's folder never, another folder only if asked."""
     if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
         raise ExportError(f"--hf_dir={hf_dir} is a file; name a folder (it is created if missing)")
-    present = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else []
+    present = sorted(set(os.listdir(hf_dir)) - {runlock.LOCK_NAME}) if os.path.isdir(hf_dir) else []
     run = [f for f in RUN_FILES if f in present]
     if run:
         raise ExportError(f"--hf_dir={hf_dir} holds a training run ({', '.join(run)}); the export's config.json "
@@ -60,6 +61,11 @@ def check_target(hf_dir: str, overwrite: bool) -> None:
 
 
 def export(cfg: ExportConfig) -> str:
+    with runlock.hold(cfg.hf_dir, f"--hf_dir={cfg.hf_dir}", ExportError):  # one export into a folder at a time
+        return write_export(cfg)
+
+
+def write_export(cfg: ExportConfig) -> str:
     check_target(cfg.hf_dir, cfg.overwrite)
     model, ckpt = load_model(resolve(cfg.out_dir, cfg.ckpt))
     try:
@@ -73,7 +79,8 @@ def export(cfg: ExportConfig) -> str:
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     except OSError as e:
-        raise ExportError(f"cannot write into {parent} ({e.strerror}); choose a writable --hf_dir") from None
+        raise ExportError(f"cannot write into --hf_dir={cfg.hf_dir}: its staging folder in {parent} could not be "
+                          f"created ({os_error_reason(e)})") from None
     try:
         to_hf_model(model, vocab, tok_record["eot_id"]).save_pretrained(staging)
         if cfg.tokenizer_files and tok_record["name"] == tokenizer.GPT2["name"]:
@@ -89,8 +96,7 @@ def export(cfg: ExportConfig) -> str:
         for name in os.listdir(staging):
             os.replace(os.path.join(staging, name), os.path.join(cfg.hf_dir, name))
     except (OSError, RuntimeError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
-        raise ExportError(f"could not write the export into {cfg.hf_dir} ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[-1][:200]}); is the disk full or the folder read-only?") from None
+        raise ExportError(f"could not write the export into --hf_dir={cfg.hf_dir} ({os_error_reason(e)})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {cfg.hf_dir}: {arch}, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "

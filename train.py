@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from fineweb_gpt import autobatch
 from fineweb_gpt import distributed
 from fineweb_gpt import hardware
+from fineweb_gpt import runlock
 from fineweb_gpt import tokenizer
 from fineweb_gpt.atomic import atomic_write, publish_copy, write_json
 from fineweb_gpt.checkpoint import (BEST, LATEST, CheckpointError, build_model, check_resumable, load_checkpoint, rng_state,
@@ -560,9 +561,10 @@ def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) ->
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (final step, losses). Raises on user errors."""
     check_config(cfg)
-    refuse_to_overwrite(cfg)
     device, device_reason = hardware.pick_device(cfg.device)
-    with distributed.setup(device, cfg.backend) as env:
+    with distributed.setup(device, cfg.backend) as env, runlock.job_lock(cfg.out_dir, env, f"--out_dir={cfg.out_dir}",
+                                                                          ConfigError):  # one run per out_dir
+        refuse_to_overwrite(cfg)
         dtype, amp = setup_device(cfg, env, device_reason)
         for split in ("train", "val"):  # missing data is reported now, not after minutes of batch_size=auto probing
             find_shards(data_dir_of(cfg), split)

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from fineweb_gpt.atomic import atomic_write
+from fineweb_gpt.atomic import atomic_write, os_error_reason
 from model import GPT, GPTConfig
 
 LATEST, BEST = "ckpt.pt", "ckpt_best.pt"
@@ -28,11 +28,10 @@ def save_checkpoint(state: dict, path: str) -> None:
         with atomic_write(path) as f:
             torch.save(state, f)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError, not an OSError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:200]
         raise CheckpointError(
-            f"could not write the checkpoint {path} ({reason}): is the disk full or out_dir read-only? "
-            f"{os.path.basename(path)} as it was before this save is intact (saves are atomic). Free space, "
-            f"then continue with --init_from=resume") from None
+            f"could not write the checkpoint {path} ({os_error_reason(e)}). {os.path.basename(path)} as it was "
+            f"before this save is intact (saves are atomic); once that is fixed, continue with "
+            f"--init_from=resume") from None
 
 
 def canonical_state_dict(state_dict: dict) -> dict:
