@@ -18,12 +18,12 @@ from typing import IO, Iterator
 
 _TEMPORARY = re.compile(r".+\.\d+\.[0-9a-f]{8}\.tmp")
 
-# what an errno says about why a write failed, and what to do; any other error is shown as it is
-WRITE_CAUSES = {
+# what an errno says about the cause, and what to do; any other error is shown as the system said it
+CAUSES = {
     errno.ENOSPC: "the disk is full: free space",
     errno.EDQUOT: "the disk quota is used up: free space or raise the quota",
     errno.EROFS: "the file system is read-only: choose a folder on a writable disk",
-    errno.EACCES: "no permission to write there: choose a folder you own",
+    errno.EACCES: "no permission: check the owner and mode of the path, or choose one you own",
 }
 
 
@@ -70,7 +70,7 @@ def os_error_reason(e: BaseException) -> str:
     text = os_error.strerror or str(os_error)
     name = errno.errorcode.get(os_error.errno or 0)
     reason = f"{text} ({name})" if name else text
-    cause = WRITE_CAUSES.get(os_error.errno or 0)
+    cause = CAUSES.get(os_error.errno or 0)
     return f"{reason}; {cause}" if cause else reason
 
 

@@ -64,6 +64,8 @@ def load_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle errors, foreign formats
+        if isinstance(e, OSError) and e.errno is not None:  # the system refused (a folder, no permission, I/O)
+            raise CheckpointError(f"cannot read {path} ({os_error_reason(e)})") from None
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is "
             f"truncated, corrupt or not a fineweb-gpt checkpoint. Use {BEST} or an older copy, or retrain") from None

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from fineweb_gpt import runlock, tokenizer  # noqa: E402
-from fineweb_gpt.atomic import AtomicFile, write_json  # noqa: E402
+from fineweb_gpt.atomic import AtomicFile, os_error_reason, write_json  # noqa: E402
 from configurator import ConfigError, check_values, cli, key  # noqa: E402
 from fineweb_gpt.dataloader import PREPARE_STATE, header_for  # noqa: E402
 from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, data_suffix, download_hf_files,  # noqa: E402
@@ -216,9 +216,18 @@ class Prepare:
                     row += len(texts)
             except PrepareError:
                 raise
-            except (OSError, EOFError, ValueError, zlib.error, *ZSTD_ERRORS) as e:  # corrupt/truncated; ArrowInvalid is a ValueError
-                self._report(f"{src.name}: unreadable after {row} documents ({type(e).__name__}: {e}); "
-                             f"the file is corrupt or truncated, re-download it")
+            except OSError as e:
+                if e.errno is None:  # gzip's BadGzipFile and other format errors carry no errno
+                    self._report(self._corrupt(src, row, e))
+                else:  # the system refused (permission, I/O error): no guess about the file's bytes
+                    self._report(f"{src.name}: cannot be read after {row} documents ({os_error_reason(e)})")
+            except (EOFError, ValueError, zlib.error, *ZSTD_ERRORS) as e:  # ArrowInvalid is a ValueError
+                self._report(self._corrupt(src, row, e))
+
+    @staticmethod
+    def _corrupt(src: Source, row: int, e: BaseException) -> str:
+        return (f"{src.name}: unreadable after {row} documents ({type(e).__name__}: {e}); the file is corrupt or "
+                f"truncated, re-download it")
 
     # -- the job
 
@@ -257,11 +266,12 @@ class Prepare:
                 writer.abort()
         except OSError as e:
             writer.abort()
-            if e.errno == errno.ENOSPC:
-                raise PrepareError(f"disk full in {cfg.out_dir}: the unfinished shard was removed and the "
-                                   f"{len(state['shards'])} finished shards are kept; free space and run the "
-                                   f"same command again to resume") from None
-            raise
+            kept = f"the unfinished shard was removed and the {len(state['shards'])} finished shards are kept"
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PrepareError(f"disk full in {cfg.out_dir} ({os_error_reason(e)}): {kept}; free space and run "
+                                   f"the same command again to resume") from None
+            raise PrepareError(f"could not write into --out_dir={cfg.out_dir} ({os_error_reason(e)}): {kept}; once "
+                               f"that is fixed, run the same command again to resume") from None
         except BaseException:
             writer.abort()
             raise
@@ -278,9 +288,13 @@ class Prepare:
             raise PrepareError(f"all {state['docs']:,} documents ({state['tokens']:,} tokens) went to the val split; "
                                f"pass --overwrite with a smaller --val_tokens (or --val_docs)")
         meta = self._meta(state)
-        write_json(meta_path, meta)
-        state["finished"] = True
-        self._save_state(state, (len(self.sources) - 1, 0))
+        try:
+            write_json(meta_path, meta)
+            state["finished"] = True
+            self._save_state(state, (len(self.sources) - 1, 0))
+        except OSError as e:
+            raise PrepareError(f"could not write {meta_path} ({os_error_reason(e)}); the shards are complete: once "
+                               f"that is fixed, run the same command again to finish") from None
         self._summary(state, time.time() - t0, state["docs"] - docs0, state["tokens"] - tokens0)
         return meta
 
