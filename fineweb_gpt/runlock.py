@@ -144,13 +144,19 @@ def _acquire(folder: str, where: str, error: type[Exception]) -> FolderLock:
             os.close(fd)
             continue
         break
-    if record:
-        how = "was not locked, so it is no longer running" if held else \
-            "cannot be checked (this file system has no locks), taken over"
-        print(f"note: {where} holds a stale lock of {_holder(record)}, which {how} "
-              f"(killed, or its machine stopped); this run takes the folder over", file=sys.stderr, flush=True)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(_record()).encode(), 0)
+    if record and held:
+        print(f"note: {where} holds a stale lock of {_holder(record)}, which is no longer running (killed, or its "
+              f"machine stopped); this run takes the folder over", file=sys.stderr, flush=True)
+    elif record:
+        print(f"warning: the file system of {where} has no locks, and its lock file names {_holder(record)}, which "
+              f"cannot be checked from this host; this run takes the folder over: make sure that run has ended",
+              file=sys.stderr, flush=True)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_record()).encode(), 0)
+    except OSError as e:
+        os.close(fd)
+        raise error(f"cannot lock {where} (writing {LOCK_NAME} there failed: {os_error_reason(e)})") from None
     # files a dead run left half-written: nobody else writes here while we hold the lock
     remove_temporaries(folder)
     return FolderLock(folder, fd, created)

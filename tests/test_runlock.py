@@ -85,6 +85,21 @@ def test_under_torchrun_only_rank_0_locks_and_every_rank_stops(tmp_path):
         assert json.load(open(tmp_path / "out" / runlock.LOCK_NAME))["pid"] == os.getpid()
 
 
+def test_without_file_locks_the_record_decides(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runlock, "_flock", lambda fd: None)  # a file system that offers no flock
+    lock = tmp_path / runlock.LOCK_NAME
+    alive = {"pid": os.getppid(), "host": runlock.socket.gethostname(), "command": "train.py", "started": "then"}
+    lock.write_text(json.dumps(alive))
+    with pytest.raises(runlock.RunLockError, match=f"in use by pid {os.getppid()}"):
+        with runlock.hold(str(tmp_path)):
+            pass
+    lock.write_text(json.dumps({**alive, "host": "another-node"}))
+    with runlock.hold(str(tmp_path)):
+        pass
+    err = capsys.readouterr().err
+    assert "has no locks" in err and "on host another-node" in err and "make sure that run has ended" in err
+
+
 def test_temporary_files_of_two_writers_never_collide(tmp_path):
     path = str(tmp_path / "f.json")
     first, second = atomic.AtomicFile(path, "w"), atomic.AtomicFile(path, "w")

@@ -166,8 +166,9 @@ def _found(part: str, note: Callable[[str], None]) -> list[str]:
             candidates += below[0]
             hidden += below[1]
         where = f"--input pattern {part!r}"
-    skipped = [(p, r) for p in candidates if (r := skip_reason(p))]
-    found = [p for p in candidates if p not in dict(skipped)]
+    reasons = {p: skip_reason(p) for p in candidates}
+    skipped = [(p, r) for p, r in reasons.items() if r]
+    found = [p for p, r in reasons.items() if not r]
     if not found:
         raise PrepareError(f"{where} holds no data files (.parquet, .jsonl, .json, .txt, .arrow; JSON lines also as .gz "
                            f"or .zst)\n" + _skipped_summary(where, 0, skipped, hidden))
