@@ -83,7 +83,9 @@ def hf_hub_folder(top) -> tuple[int, list[str]]:
     put(f"{top}/dataset_info.json", DATASET_INFO)
     put(f"{top}/README.md", HF_CARD)
     put(f"{top}/.gitattributes", GITATTRIBUTES)
-    return 4, ["dataset_info.json", "README.md", ".gitattributes"]
+    # huggingface-cli download --local-dir keeps its bookkeeping, and unfinished downloads, in .cache/
+    put(f"{top}/.cache/huggingface/download/data/train-00002-of-00002.parquet.incomplete", b"PAR1 half")
+    return 4, ["dataset_info.json", "README.md", ".gitattributes", "hidden folder(s) (" + f"{top}/.cache"]
 
 
 def hf_save_to_disk(top) -> tuple[int, list[str]]:
