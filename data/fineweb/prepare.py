@@ -268,8 +268,8 @@ class Prepare:
             writer.abort()
             kept = f"the unfinished shard was removed and the {len(state['shards'])} finished shards are kept"
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise PrepareError(f"disk full in {cfg.out_dir} ({os_error_reason(e)}): {kept}; free space and run "
-                                   f"the same command again to resume") from None
+                raise PrepareError(f"disk full in {cfg.out_dir} ({e.strerror}): {kept}; free space and run the same "
+                                   f"command again to resume") from None
             raise PrepareError(f"could not write into --out_dir={cfg.out_dir} ({os_error_reason(e)}): {kept}; once "
                                f"that is fixed, run the same command again to resume") from None
         except BaseException:
