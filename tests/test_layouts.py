@@ -85,7 +85,7 @@ def hf_hub_folder(top) -> tuple[int, list[str]]:
     put(f"{top}/.gitattributes", GITATTRIBUTES)
     # huggingface-cli download --local-dir keeps its bookkeeping, and unfinished downloads, in .cache/
     put(f"{top}/.cache/huggingface/download/data/train-00002-of-00002.parquet.incomplete", b"PAR1 half")
-    return 4, ["dataset_info.json", "README.md", ".gitattributes", "hidden folder(s) (" + f"{top}/.cache"]
+    return 4, ["dataset_info.json", "README.md", ".gitattributes", "hidden or unreadable folder(s) (" + f"{top}/.cache"]
 
 
 def hf_save_to_disk(top) -> tuple[int, list[str]]:
@@ -204,3 +204,19 @@ def test_an_untokenizable_row_of_a_parquet_file_is_named_by_row(tiktoken_cache, 
                          "--progress=False", "--num_threads=2", "--batch_docs=3"])
     assert meta["docs"] == 3 and meta["skipped_errors"] == [f"{path} row 2: cannot be tokenized (ValueError: Regex "
                                                             f"error while tokenizing)"]
+
+
+def test_a_subfolder_that_cannot_be_listed_is_named_not_passed_over(tmp_path, monkeypatch, capsys):
+    import readers
+    put(f"{tmp_path}/in/a/x.jsonl", json_lines(docs("a", 1)))
+    os.makedirs(tmp_path / "in" / "locked")
+    scandir = os.scandir
+
+    def refusing(path="."):  # what listing a folder without read permission raises (root could read it)
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    assert readers.expand_inputs(str(tmp_path / "in")) == [str(tmp_path / "in" / "a" / "x.jsonl")]
+    assert f"{tmp_path / 'in' / 'locked'} (cannot be listed: Permission denied)" in capsys.readouterr().err

@@ -98,10 +98,14 @@ def skip_reason(path: str) -> str | None:
 
 
 def _files_below(folder: str) -> tuple[list[str], list[str]]:
-    """(files, hidden folders) below folder, recursively, in a stable order; hidden folders (.git,
-    .cache) are not entered."""
+    """(files, folders not searched) below folder, recursively, in a stable order; hidden folders (.git,
+    .cache) are not entered, and a folder that cannot be listed is named with the reason."""
     files, hidden, seen = [], [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def unreadable(e: OSError) -> None:
+        hidden.append(f"{e.filename} (cannot be listed: {e.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:  # a symlink back up the tree
             dirnames[:] = []
@@ -119,7 +123,8 @@ def _skipped_summary(where: str, taken: int, skipped: list[tuple[str, str]], hid
     for path, reason in skipped:
         by_reason.setdefault(reason, []).append(path)
     lines = [f"{where}: {taken} data file(s); skipped {len(skipped)} file(s)"
-             + (f" and {len(hidden)} hidden folder(s) ({', '.join(hidden[:5])})" if hidden else "")]
+             + (f" and did not search {len(hidden)} hidden or unreadable folder(s) ({', '.join(hidden[:5])})"
+                if hidden else "")]
     for reason, paths in by_reason.items():
         more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
         lines.append(f"  {', '.join(paths[:5])}{more}: {reason}")
