@@ -86,7 +86,10 @@ def _alive_here(record: dict | None) -> bool:
     if not record or record.get("host") != socket.gethostname() or record.get("pid") == os.getpid():
         return False
     try:
-        os.kill(int(record["pid"]), 0)
+        pid = int(record["pid"])
+        if pid <= 0:  # kill(0 or less) would ask about process groups
+            return False
+        os.kill(pid, 0)
     except (ProcessLookupError, ValueError, TypeError, KeyError):
         return False
     except PermissionError:  # it exists, under another user
@@ -124,42 +127,61 @@ def _make_folder(folder: str, where: str, error: type[Exception]) -> bool:
 
 def _acquire(folder: str, where: str, error: type[Exception]) -> FolderLock:
     created = _make_folder(folder, where, error)
-    path = os.path.join(folder, LOCK_NAME)
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise error(f"cannot lock {where} (writing {LOCK_NAME} there failed: {os_error_reason(e)})") from None
-        held = _flock(fd)
-        record = _read_record(fd)
-        if held is False or (held is None and _alive_here(record)):
-            os.close(fd)
-            raise error(f"{where} is in use by {_holder(record)}; wait until it ends or stop it, or choose another "
-                        f"folder. Two runs writing one folder overwrite each other's files")
-        try:
-            same_file = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            same_file = False
-        if not same_file:  # the holder deleted the file as it ended, after we opened it: lock the new one
-            os.close(fd)
-            continue
-        break
-    if record and held:
+    try:
+        fd, held, record = _lock_file(os.path.join(folder, LOCK_NAME), where, error)
+    except BaseException:
+        if created:  # leave no trace of a folder this call made
+            for remove, target in ((os.unlink, os.path.join(folder, LOCK_NAME)), (os.rmdir, folder)):
+                try:
+                    remove(target)
+                except OSError:
+                    pass
+        raise
+    here = bool(record) and record.get("host") == socket.gethostname()
+    if record and (held or here):
         print(f"note: {where} holds a stale lock of {_holder(record)}, which is no longer running (killed, or its "
               f"machine stopped); this run takes the folder over", file=sys.stderr, flush=True)
     elif record:
         print(f"warning: the file system of {where} has no locks, and its lock file names {_holder(record)}, which "
               f"cannot be checked from this host; this run takes the folder over: make sure that run has ended",
               file=sys.stderr, flush=True)
+    # files a dead run left half-written: nobody else writes here while we hold the lock
+    remove_temporaries(folder)
+    return FolderLock(folder, fd, created)
+
+
+def _lock_file(path: str, where: str, error: type[Exception]) -> tuple[int, bool | None, dict | None]:
+    """(open descriptor holding the lock, how it is held (see _flock), the previous holder's record)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise error(f"cannot lock {where} (writing {LOCK_NAME} there failed: {os_error_reason(e)})") from None
+        try:
+            held = _flock(fd)
+        except OSError as e:
+            os.close(fd)
+            raise error(f"cannot lock {where} ({LOCK_NAME}: {os_error_reason(e)})") from None
+        record = _read_record(fd)
+        if held is False or (held is None and _alive_here(record)):
+            os.close(fd)
+            unchecked = "" if held is False else f" (this file system has no locks: if it has ended, delete {path})"
+            raise error(f"{where} is in use by {_holder(record)}{unchecked}; wait until it ends or stop it, or choose "
+                        f"another folder. Two runs writing one folder overwrite each other's files")
+        try:
+            same_file = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(fd)  # the holder deleted the file as it ended, after we opened it: lock the new one
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_record()).encode(), 0)
     except OSError as e:
         os.close(fd)
         raise error(f"cannot lock {where} (writing {LOCK_NAME} there failed: {os_error_reason(e)})") from None
-    # files a dead run left half-written: nobody else writes here while we hold the lock
-    remove_temporaries(folder)
-    return FolderLock(folder, fd, created)
+    return fd, held, record
 
 
 @contextmanager
