@@ -16,8 +16,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from fineweb_gpt import tokenizer
-from fineweb_gpt.atomic import staged_dir
+from fineweb_gpt import runlock, tokenizer
+from fineweb_gpt.atomic import os_error_reason, staged_dir
 from configurator import key, run_main
 from fineweb_gpt.errors import UserError
 from fineweb_gpt.hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
@@ -49,7 +49,7 @@ def check_target(hf_dir: str, overwrite: bool) -> None:
     """hf_dir must be a new or empty folder; a training run's folder never, another folder only if asked."""
     if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
         raise ExportError(f"--hf_dir={hf_dir} is a file; name a folder (it is created if missing)")
-    present = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else []
+    present = sorted(set(os.listdir(hf_dir)) - {runlock.LOCK_NAME}) if os.path.isdir(hf_dir) else []
     run = [f for f in RUN_FILES if f in present]
     if run:
         raise ExportError(f"--hf_dir={hf_dir} holds a training run ({', '.join(run)}); the export's config.json "
@@ -84,6 +84,11 @@ def plain_file_mode() -> int:
 
 
 def export(cfg: ExportConfig) -> str:
+    with runlock.hold(cfg.hf_dir, f"--hf_dir={cfg.hf_dir}", ExportError):  # one export into a folder at a time
+        return write_export(cfg)
+
+
+def write_export(cfg: ExportConfig) -> str:
     check_target(cfg.hf_dir, cfg.overwrite)
     loaded = load_for_inference(cfg.out_dir, cfg.ckpt)
     model, tok_record = loaded.model, loaded.tokenizer
@@ -97,13 +102,13 @@ def export(cfg: ExportConfig) -> str:
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
-        raise ExportError(f"cannot write into {parent} ({e.strerror}); choose a writable --hf_dir") from e
+        raise ExportError(f"cannot write into --hf_dir={cfg.hf_dir}: its parent folder {parent} could not be "
+                          f"created ({os_error_reason(e)})") from e
     try:  # written into a staging folder beside hf_dir, then moved in file by file: never half an export
         with staged_dir(cfg.hf_dir, prefix=".export-") as staging:
             write_files(hf_model, tok_record, cfg.tokenizer_files, staging)
     except (OSError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
-        raise ExportError(f"could not write the export into {cfg.hf_dir} ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[-1][:200]}); is the disk full or the folder read-only?") from e
+        raise ExportError(f"could not write the export into --hf_dir={cfg.hf_dir} ({os_error_reason(e)})") from e
     print(f"wrote {cfg.hf_dir}: {arch}, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "
           f"from step {loaded.step} of {cfg.out_dir}")
     return cfg.hf_dir

@@ -33,6 +33,7 @@ from fineweb_gpt.batch import auto_batch_size, resolve_batch
 from fineweb_gpt.checkpoint import (BEST, LATEST, CheckpointError, LoopState, build_model, load_checkpoint, loop_state,
                                     rng_state, save_checkpoint, set_rng_state, training_checkpoint)
 from fineweb_gpt import report
+from fineweb_gpt import runlock
 from fineweb_gpt.dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
 from fineweb_gpt.distributed import Env
 from fineweb_gpt.errors import UserError, raised_as
@@ -383,9 +384,10 @@ def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) ->
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (final step, losses). Raises on user errors."""
     check_config(cfg)
-    refuse_to_overwrite(cfg)
     device, device_reason = hardware.pick_device(cfg.device)
-    with distributed.setup(device, cfg.backend) as env:
+    with distributed.setup(device, cfg.backend) as env, runlock.job_lock(cfg.out_dir, env, f"--out_dir={cfg.out_dir}",
+                                                                          ConfigError):  # one run per out_dir
+        refuse_to_overwrite(cfg)
         dtype, amp = setup_device(cfg, env, device_reason)
         for split in ("train", "val"):  # missing data is reported now, not after minutes of batch_size=auto probing
             find_shards(data_dir_of(cfg), split)

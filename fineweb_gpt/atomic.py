@@ -1,18 +1,80 @@
 """Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one.
 
 Every file this project writes that a later run reads (checkpoints, shards, meta.json, resume state,
-config.json, metrics.jsonl rewrites) goes through here: write to NAME.tmp, flush, fsync, rename
-over NAME, fsync the folder. A set of files (export.py's model folder) is written into a staging
-folder beside its target and moved in only when all of it is written (staged_dir).
+config.json, metrics.jsonl rewrites) goes through here: write to a temporary name beside NAME, flush,
+fsync, rename over NAME, fsync the folder. The temporary name is unique to the process and the write
+(NAME.PID.RANDOM.tmp), so two writers never share one. A set of files (export.py's model
+folder) is written into a staging folder beside its target and moved in only when all of it is
+written (staged_dir).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import IO, Iterator
+
+_TEMPORARY = re.compile(r".+\.\d+\.[0-9a-f]{8}\.tmp")
+
+# what an errno says about the cause, and what to do; any other error is shown as the system said it
+CAUSES = {
+    errno.ENOSPC: "the disk is full: free space",
+    errno.EDQUOT: "the disk quota is used up: free space or raise the quota",
+    errno.EROFS: "the file system is read-only: choose a folder on a writable disk",
+    errno.EACCES: "no permission: check the owner and mode of the path, or choose one you own",
+}
+
+
+def temporary_name(path: str) -> str:
+    """A name beside path that no other process or write uses."""
+    return f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def is_temporary(name: str) -> bool:
+    return bool(_TEMPORARY.fullmatch(name))
+
+
+def remove_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files in folder (those of writes that never finished: a killed run). Call it
+    only while holding the folder (runlock), when no other process can be writing them."""
+    removed = []
+    for name in os.listdir(folder):
+        if is_temporary(name):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def find_os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind e (torch.save and safetensors report a failed write as their own error and keep
+    the OSError as its context), or None."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def os_error_reason(e: BaseException) -> str:
+    """What went wrong, as the system said it, and the cause and fix only where the errno names them."""
+    os_error = find_os_error(e)
+    if os_error is None:
+        lines = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {lines[-1][:200] if lines else ''}"
+    text = os_error.strerror or str(os_error)
+    name = errno.errorcode.get(os_error.errno or 0)
+    reason = f"{text} ({name})" if name else text
+    cause = CAUSES.get(os_error.errno or 0)
+    return f"{reason}; {cause}" if cause else reason
 
 
 def fsync_dir(path: str) -> None:
@@ -28,11 +90,11 @@ def fsync_dir(path: str) -> None:
 
 
 class AtomicFile:
-    """A file written under path.tmp that appears as path only on commit(); abort() removes it."""
+    """A file written under a temporary name that appears as path only on commit(); abort() removes it."""
 
     def __init__(self, path: str, mode: str = "wb"):
-        self.path, self.tmp = path, f"{path}.tmp"
-        self.file: IO = open(self.tmp, mode)
+        self.path, self.tmp = path, temporary_name(path)
+        self.file: IO = open(self.tmp, mode.replace("w", "x"))  # "x": never reuse a file that exists
 
     def commit(self) -> None:
         try:
@@ -70,14 +132,17 @@ def write_json(path: str, obj) -> None:
 
 def publish_copy(src: str, dst: str) -> None:
     """Make dst an atomic copy of src: a hard link when the filesystem allows it (no extra bytes)."""
-    tmp = f"{dst}.tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
+    tmp = temporary_name(dst)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     fsync_dir(dst)
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from fineweb_gpt.atomic import atomic_write
+from fineweb_gpt.atomic import atomic_write, os_error_reason
 from fineweb_gpt.errors import UserError, raised_as
 from model import GPT, GPTConfig
 
@@ -56,11 +56,10 @@ def save_checkpoint(state: dict, path: str) -> None:
         with atomic_write(path) as f:
             torch.save(state, f)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError, not an OSError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:200]
         raise CheckpointError(
-            f"could not write the checkpoint {path} ({reason}): is the disk full or out_dir read-only? "
-            f"{os.path.basename(path)} as it was before this save is intact (saves are atomic). Free space, "
-            f"then continue with --init_from=resume") from None
+            f"could not write the checkpoint {path} ({os_error_reason(e)}). {os.path.basename(path)} as it was "
+            f"before this save is intact (saves are atomic); once that is fixed, continue with "
+            f"--init_from=resume") from None
 
 
 def canonical_state_dict(state_dict: dict) -> dict:
@@ -93,6 +92,8 @@ def load_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle errors, foreign formats
+        if isinstance(e, OSError) and e.errno is not None:  # the system refused (a folder, no permission, I/O)
+            raise CheckpointError(f"cannot read {path} ({os_error_reason(e)})") from None
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is "
             f"truncated, corrupt or not a fineweb-gpt checkpoint. Use {BEST} or an older copy, or retrain") from None

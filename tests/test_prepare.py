@@ -260,8 +260,12 @@ def test_vocabularies_over_65536_are_written_as_uint32(tiktoken_cache, tmp_path,
 def test_an_unwritable_out_dir_is_a_message(tiktoken_cache, parquet_files, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(SystemExit, match="(?s)prepare.py: error: .*a_file.*run the same command again"):
+    with pytest.raises(SystemExit, match="prepare.py: error: --out_dir=.*a_file is a file; name a folder"):
         prepare.main([f"--input={parquet_files[0]}", f"--out_dir={blocker}", "--progress=False"])
+    with pytest.raises(SystemExit, match=r"prepare.py: error: cannot write into --out_dir=.*a_file/sub \(creating the "
+                                         r"folder failed: Not a directory \(ENOTDIR\)\)"):
+        prepare.main([f"--input={parquet_files[0]}", f"--out_dir={blocker}/sub", "--progress=False"])
+    assert blocker.read_text() == "not a folder"
 
 
 def test_changed_inputs_are_named_one_by_one():

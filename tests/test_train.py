@@ -281,8 +281,12 @@ def test_a_repeated_stop_signal_is_one_request_and_a_later_one_aborts():
 def test_an_unwritable_out_dir_is_a_message(synthetic_shards, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(SystemExit, match="(?s)train.py: error: .*a_file.*continue with --init_from=resume"):
+    with pytest.raises(SystemExit, match="train.py: error: --out_dir=.*a_file is a file; name a folder"):
         train.main([*TINY, f"--data_dir={synthetic_shards}", f"--out_dir={blocker}", "--max_iters=1"])
+    with pytest.raises(SystemExit, match=r"train.py: error: cannot write into --out_dir=.*a_file/sub \(creating the "
+                                         r"folder failed: Not a directory \(ENOTDIR\)\)"):
+        train.main([*TINY, f"--data_dir={synthetic_shards}", f"--out_dir={blocker}/sub", "--max_iters=1"])
+    assert blocker.read_text() == "not a folder"
 
 
 @pytest.mark.slow

@@ -29,13 +29,14 @@ from typing import Iterator
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from fineweb_gpt import report, tokenizer  # noqa: E402
-from fineweb_gpt.atomic import AtomicFile, write_json  # noqa: E402
+from fineweb_gpt import report, runlock, tokenizer  # noqa: E402
+from fineweb_gpt.atomic import AtomicFile, os_error_reason, write_json  # noqa: E402
 from configurator import ConfigError, check_values, cli, flag, key  # noqa: E402
 from fineweb_gpt.dataloader import PREPARE_STATE, header_for  # noqa: E402
 from fineweb_gpt.errors import UserError, raised_as  # noqa: E402
-from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, download_hf_files, expand_inputs,  # noqa: E402
-                     parquet_rows, prefetch, read_jsonl, read_parquet, read_txt, stream_hf_dataset)
+from readers import (BAD, ZSTD_ERRORS, PrepareError, Source, data_suffix, download_hf_files,  # noqa: E402
+                     expand_inputs, parquet_rows, prefetch, read_arrow, read_jsonl, read_parquet, read_txt,
+                     stream_hf_dataset)
 
 FORMAT_VERSION = 1
 
@@ -43,7 +44,8 @@ FORMAT_VERSION = 1
 @dataclass
 class PrepareConfig:
     input: str = key("", "local files, folders or globs (.parquet; JSON lines as .jsonl/.json, optionally .gz/.zst; "
-                         ".txt), comma-separated; empty = download --hf_files from --hf_repo")
+                         ".txt; .arrow), comma-separated; folders and globs skip metadata and list what they skip; "
+                         "empty = download --hf_files from --hf_repo")
     out_dir: str = key(os.path.dirname(os.path.abspath(__file__)), "where shards and meta.json go")
     prefix: str = key("fineweb", "shard name prefix: PREFIX_train_000001.bin, PREFIX_val_000000.bin")
     hf_repo: str = key("HuggingFaceFW/fineweb", "Hugging Face dataset repo to download --hf_files from")
@@ -139,7 +141,7 @@ class Prepare:
         if cfg.hf_dataset:
             return [Source(f"hf://{cfg.hf_dataset}/{cfg.hf_config}/{cfg.hf_split}", 0, None)]
         paths = expand_inputs(cfg.input) if cfg.input else download_hf_files(cfg.hf_repo, cfg.hf_files)
-        return [Source(p, os.path.getsize(p), parquet_rows(p) if p.endswith(".parquet") else None)
+        return [Source(p, os.path.getsize(p), parquet_rows(p) if data_suffix(p) == ".parquet" else None)
                 for p in paths]
 
     def settings(self) -> dict:
@@ -202,9 +204,12 @@ class Prepare:
         if source.name.startswith("hf://"):
             return stream_hf_dataset(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.text_column, start,
                                      cfg.batch_docs, self._report)
-        if source.name.endswith(".parquet"):
+        suffix = data_suffix(source.name)
+        if suffix == ".parquet":
             return read_parquet(source.name, cfg.text_column, start, cfg.batch_docs, self._report)
-        if source.name.endswith(".txt"):
+        if suffix == ".arrow":
+            return read_arrow(source.name, cfg.text_column, start, cfg.batch_docs, self._report)
+        if suffix == ".txt":
             return read_txt(source.name, start, self._report)
         return read_jsonl(source.name, cfg.text_column, start, cfg.batch_docs, self._report)
 
@@ -220,13 +225,26 @@ class Prepare:
                     row += len(texts)
             except PrepareError:
                 raise
-            except (OSError, EOFError, ValueError, zlib.error, *ZSTD_ERRORS) as e:  # corrupt/truncated; ArrowInvalid is a ValueError
-                self._report(f"{src.name}: unreadable after {row} documents ({type(e).__name__}: {e}); "
-                             f"the file is corrupt or truncated, re-download it")
+            except OSError as e:
+                if e.errno is None:  # gzip's BadGzipFile and other format errors carry no errno
+                    self._report(self._corrupt(src, row, e))
+                else:  # the system refused (permission, I/O error): no guess about the file's bytes
+                    self._report(f"{src.name}: cannot be read after {row} documents ({os_error_reason(e)})")
+            except (EOFError, ValueError, zlib.error, *ZSTD_ERRORS) as e:  # ArrowInvalid is a ValueError
+                self._report(self._corrupt(src, row, e))
+
+    @staticmethod
+    def _corrupt(src: Source, row: int, e: BaseException) -> str:
+        return (f"{src.name}: unreadable after {row} documents ({type(e).__name__}: {e}); the file is corrupt or "
+                f"truncated, re-download it")
 
     # -- the job
 
     def run(self) -> dict:
+        with runlock.hold(self.cfg.out_dir, f"--out_dir={self.cfg.out_dir}", PrepareError):  # one run per folder
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         with raised_as(out_dir_failed, OSError):
             self.state = state = self._load_state()
@@ -258,11 +276,12 @@ class Prepare:
                 writer.abort()
         except OSError as e:
             writer.abort()
-            if e.errno == errno.ENOSPC:
-                raise PrepareError(f"disk full in {cfg.out_dir}: the unfinished shard was removed and the "
-                                   f"{len(state['shards'])} finished shards are kept; free space and run the "
-                                   f"same command again to resume") from None
-            raise out_dir_failed(e) from e
+            kept = f"the unfinished shard was removed and the {len(state['shards'])} finished shards are kept"
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PrepareError(f"disk full in {cfg.out_dir} ({e.strerror}): {kept}; free space and run the same "
+                                   f"command again to resume") from None
+            raise PrepareError(f"could not write into --out_dir={cfg.out_dir} ({os_error_reason(e)}): {kept}; once "
+                               f"that is fixed, run the same command again to resume") from None
         except BaseException:
             writer.abort()
             raise
@@ -279,10 +298,13 @@ class Prepare:
             raise PrepareError(f"all {state['docs']:,} documents ({state['tokens']:,} tokens) went to the val split; "
                                f"pass --overwrite with a smaller --val_tokens (or --val_docs)")
         meta = self._meta(state)
-        with raised_as(out_dir_failed, OSError):
+        try:
             write_json(meta_path, meta)
             state["finished"] = True
             self._save_state(state, (len(self.sources) - 1, 0))
+        except OSError as e:
+            raise PrepareError(f"could not write {meta_path} ({os_error_reason(e)}); the shards are complete: once "
+                               f"that is fixed, run the same command again to finish") from None
         self._summary(state, time.time() - t0, state["docs"] - docs0, state["tokens"] - tokens0)
         return meta
 
@@ -331,28 +353,54 @@ class Prepare:
         self._save_state(state, cursor)
         writer.open(state["split"], state["index"])
 
-    def _encode_chunk(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens with an EOT after each document, per-document lengths) for non-empty texts.
+    def _encode_chunk(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, BaseException]]]:
+        """(tokens with an EOT after each document, per-document lengths, (index, error) of each document
+        that could not be tokenized) for non-empty texts; a failed document adds no tokens and no length.
 
         Runs in a worker thread: tiktoken's encoder releases the GIL and encode_to_numpy skips
         building Python ints. disallowed_special=() encodes "<|endoftext|>" in a text as plain text,
         exactly like encode_ordinary.
         """
-        parts = []
-        for text in texts:
-            parts += [self.enc.encode_to_numpy(text, disallowed_special=()), self.eot]
+        parts, failed = [], []
+        for i, text in enumerate(texts):
+            try:
+                parts += [self.enc.encode_to_numpy(text, disallowed_special=()), self.eot]
+            except Exception as e:  # a lone surrogate (UnicodeEncodeError), tiktoken's regex giving up (ValueError)
+                failed.append((i, e))
+            except BaseException as e:  # a panic in tiktoken's Rust code (pyo3's PanicException)
+                if type(e).__name__ != "PanicException":
+                    raise
+                failed.append((i, e))
         lengths = np.array([len(p) + 1 for p in parts[::2]], dtype=np.int64)
         flat = np.concatenate(parts).astype(self.dtype) if parts else np.empty(0, dtype=self.dtype)
-        return flat, lengths
+        return flat, lengths, failed
+
+    def _where(self, si: int, row: int) -> str:
+        """A document's place as the user finds it: file:line for JSON lines, the row for tables."""
+        name = self.sources[si].name
+        suffix = data_suffix(name) or ""
+        if name.startswith("hf://"):
+            return f"{self.cfg.hf_dataset} row {row}"
+        if suffix == ".txt":
+            return name
+        return f"{name}:{row + 1}" if ".json" in suffix else f"{name} row {row}"
 
     def tokenized(self, state: dict) -> Iterator[tuple[int, int, list, np.ndarray, np.ndarray]]:
-        """documents() with tokens, on all cores; the next batch is tokenized while the caller writes this one."""
+        """documents() with tokens, on all cores; the next batch is tokenized while the caller writes this one.
+        A document that cannot be tokenized is reported (file and line) and stands as BAD."""
         pool = ThreadPoolExecutor(max_workers=self.threads)
         pending: collections.deque = collections.deque()
 
         def result(item):
-            si, row, texts, futures = item
+            si, row, texts, futures, step = item
             chunks = [f.result() for f in futures]
+            where = [j for j, t in enumerate(texts) if t]  # each tokenized document's index in texts
+            for c, chunk in enumerate(chunks):
+                for i, e in chunk[2]:
+                    j = where[c * step + i]
+                    first_line = (str(e).strip().splitlines() or [""])[0][:200]
+                    self._report(f"{self._where(si, row + j)}: cannot be tokenized ({type(e).__name__}: {first_line})")
+                    texts[j] = BAD
             return si, row, texts, np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
         try:
@@ -361,7 +409,7 @@ class Prepare:
                 step = max(1, -(-len(docs) // self.threads))
                 futures = [pool.submit(self._encode_chunk, docs[i:i + step]) for i in range(0, len(docs), step)]
                 futures = futures or [pool.submit(self._encode_chunk, [])]
-                pending.append((si, row, texts, futures))
+                pending.append((si, row, texts, futures, step))
                 if len(pending) > 1:
                     yield result(pending.popleft())
             while pending:

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from typing import IO, Callable, Iterator
@@ -17,14 +18,18 @@ from typing import IO, Callable, Iterator
 from fineweb_gpt.errors import UserError  # prepare.py puts the repository root on sys.path
 
 # JSON lines come as .jsonl or .json (C4 and Dolma name theirs .json.gz), plain, gzip or zstd (the Pile,
-# SlimPajama and RedPajama ship .jsonl.zst)
+# SlimPajama and RedPajama ship .jsonl.zst); .arrow is what `datasets`' save_to_disk writes
 JSON_LINES = tuple(ext + comp for ext in (".jsonl", ".json") for comp in ("", ".gz", ".zst"))
-SUFFIXES = (".parquet", *JSON_LINES, ".txt")
-# a folder is searched for these only: dataset folders keep metadata in .json files (dataset_info.json);
-# name .json data files, or glob them ('c4/*.json.gz')
-FOLDER_SUFFIXES = tuple(s for s in SUFFIXES if ".json." not in s + ".")
-
-
+SUFFIXES = (".parquet", *JSON_LINES, ".txt", ".arrow")
+# files that describe a dataset rather than hold it (Hugging Face, git, prepare.py's own output), by name
+METADATA_NAMES = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json", "meta.json",
+                  ".prepare_state.json", "config.json", ".gitattributes", ".gitignore"}
+METADATA_STEMS = {"readme", "license", "licence", "notice", "citation", "changelog", "checksums", "md5sums",
+                  "sha1sums", "sha256sums", "sha512sums"}
+NOT_READ = {".csv": "CSV is not read: convert it to parquet or JSON lines",
+            ".tsv": "TSV is not read: convert it to parquet or JSON lines",
+            ".bz2": "bzip2 is not read: recompress it as .gz or .zst", ".xz": "xz is not read: recompress it as .gz or .zst",
+            ".lz4": "lz4 is not read: recompress it as .gz or .zst", ".incomplete": "an unfinished download"}
 try:  # a corrupt .zst file raises zstandard's own error
     from zstandard import ZstdError
     ZSTD_ERRORS: tuple = (ZstdError,)
@@ -57,30 +62,127 @@ class Source:
     rows: int | None  # documents, when known up front (parquet metadata)
 
 
-def expand_inputs(spec: str) -> list[str]:
-    """Files named by comma-separated paths, folders and globs, in a stable order."""
+def data_suffix(path: str) -> str | None:
+    """The data type a file's name ends in (any case), or None."""
+    lower = path.lower()
+    return next((suffix for suffix in SUFFIXES if lower.endswith(suffix)), None)
+
+
+def skip_reason(path: str) -> str | None:
+    """Why a file that a folder or pattern holds is not read (None: it is data). Metadata is told apart by
+    name, and a plain .json file by its first line: JSON lines start with a whole object on one line,
+    dataset metadata is one document over many lines."""
+    name = os.path.basename(path)
+    lower = name.lower()
+    if lower in METADATA_NAMES or lower.split(".")[0] in METADATA_STEMS:
+        return "dataset metadata, not data"
+    suffix = data_suffix(path)
+    if suffix is None:
+        ending = next((e for e in NOT_READ if lower.endswith(e)), None)
+        return NOT_READ[ending] if ending else "not a data file (reads .parquet, .jsonl, .json, .txt, .arrow, " \
+                                                "JSON lines also as .gz or .zst)"
+    if suffix != ".json":
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+            if not head:
+                return "empty"
+            if head[:1] != b"{":
+                return "one JSON document, not JSON lines (convert an array: jq -c '.[]')"
+            f.seek(0)
+            json.loads(f.readline(1 << 26))
+            return None
+    except ValueError:
+        return "one JSON document over many lines, not JSON lines"
+    except OSError:  # read as data: reading reports it with the reason, under --on_error
+        return None
+
+
+def _files_below(folder: str) -> tuple[list[str], list[str]]:
+    """(files, folders not searched) below folder, recursively, in a stable order; hidden folders (.git,
+    .cache) are not entered, and a folder that cannot be listed is named with the reason."""
+    files, hidden, seen = [], [], set()
+
+    def unreadable(e: OSError) -> None:
+        hidden.append(f"{e.filename} (cannot be listed: {e.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink back up the tree
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        hidden += [os.path.join(dirpath, d) for d in dirnames if d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [os.path.join(dirpath, f) for f in filenames]
+    return sorted(files), sorted(hidden)
+
+
+def _skipped_summary(where: str, taken: int, skipped: list[tuple[str, str]], hidden: list[str]) -> str:
+    """One line per reason, naming up to five files each."""
+    by_reason: dict[str, list[str]] = {}
+    for path, reason in skipped:
+        by_reason.setdefault(reason, []).append(path)
+    lines = [f"{where}: {taken} data file(s); skipped {len(skipped)} file(s)"
+             + (f" and did not search {len(hidden)} hidden or unreadable folder(s) ({', '.join(hidden[:5])})"
+                if hidden else "")]
+    for reason, paths in by_reason.items():
+        more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+        lines.append(f"  {', '.join(paths[:5])}{more}: {reason}")
+    return "\n".join(lines)
+
+
+def expand_inputs(spec: str, note: Callable[[str], None] | None = None) -> list[str]:
+    """Files named by comma-separated paths, folders and globs, in a stable order. A file named is read
+    (an unknown type is an error); of what a folder or a pattern finds, what is not data is skipped and
+    listed through `note` (stderr by default)."""
+    note = note or (lambda message: print(message, file=sys.stderr))
     paths: list[str] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         part = os.path.expanduser(part)
-        if os.path.isdir(part):
-            found = sorted(p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True)
-                           if p.endswith(FOLDER_SUFFIXES))
-            if not found:
-                raise PrepareError(f"folder {part} holds no {', '.join(FOLDER_SUFFIXES)} files (name .json files, "
-                                   f"or glob them: --input='{part}/*.json.gz')")
-        elif any(c in part for c in "*?["):
-            found = sorted(glob.glob(part, recursive=True))
-            if not found:
-                raise PrepareError(f"--input pattern {part!r} matches no files")
+        if os.path.isdir(part) or any(c in part for c in "*?["):
+            paths += _found(part, note)
         elif os.path.exists(part):
-            found = [part]
+            if data_suffix(part) is None:
+                raise PrepareError(f"{part}: unsupported file type; use {', '.join(SUFFIXES)}")
+            paths.append(part)
         else:
             raise PrepareError(f"input file {part} does not exist")
-        for p in found:
-            if not p.endswith(SUFFIXES):
-                raise PrepareError(f"{p}: unsupported file type; use {', '.join(SUFFIXES)}")
-        paths += found
+    unique = list(dict.fromkeys(os.path.realpath(p) for p in paths))
+    if len(unique) < len(paths):
+        note(f"--input names {len(paths) - len(unique)} file(s) twice: each is read once")
+        first = {}
+        for p in paths:
+            first.setdefault(os.path.realpath(p), p)
+        paths = list(first.values())
     return paths
+
+
+def _found(part: str, note: Callable[[str], None]) -> list[str]:
+    """The data files of a folder or a glob (folders it matches are searched too); the rest is noted."""
+    if os.path.isdir(part):
+        candidates, hidden = _files_below(part)
+        where = f"folder {part}"
+    else:
+        matches = sorted(glob.glob(part, recursive=True))
+        if not matches:
+            raise PrepareError(f"--input pattern {part!r} matches no files")
+        candidates, hidden = [], []
+        for m in matches:
+            below = _files_below(m) if os.path.isdir(m) else ([m], [])
+            candidates += below[0]
+            hidden += below[1]
+        where = f"--input pattern {part!r}"
+    reasons = {p: skip_reason(p) for p in candidates}
+    skipped = [(p, r) for p, r in reasons.items() if r]
+    found = [p for p, r in reasons.items() if not r]
+    if not found:
+        raise PrepareError(f"{where} holds no data files (.parquet, .jsonl, .json, .txt, .arrow; JSON lines also as .gz "
+                           f"or .zst)\n" + _skipped_summary(where, 0, skipped, hidden))
+    if skipped or hidden:
+        note(_skipped_summary(where, len(found), skipped, hidden))
+    return found
 
 
 def download_hf_files(repo: str, files: str) -> list[str]:
@@ -144,11 +246,41 @@ def read_parquet(path: str, column: str, start: int, batch_docs: int, report: Re
                 yield texts[skip:]
 
 
+def read_arrow(path: str, column: str, start: int, batch_docs: int, report: Report) -> Iterator[list]:
+    """Batches of texts from an Arrow file as `datasets` writes them (save_to_disk: the IPC stream format;
+    the IPC file format is read too), from row `start` on."""
+    import pyarrow as pa
+    with pa.memory_map(path) as source:
+        try:
+            reader = pa.ipc.open_stream(source)
+            batches = iter(reader)
+        except pa.ArrowInvalid:
+            source.seek(0)
+            file_reader = pa.ipc.open_file(source)
+            reader = file_reader
+            batches = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+        schema = reader.schema
+        if column not in schema.names:
+            raise PrepareError(f"{path} has no column {column!r}; its columns are {schema.names}; pass "
+                               f"--text_column=NAME")
+        if not _is_text(schema.field(column).type):
+            text_columns = [f.name for f in schema if _is_text(f.type)]
+            report(f"{path}: column {column!r} holds {schema.field(column).type}, not text; the text columns are "
+                   f"{text_columns}: pass --text_column=NAME")
+            return
+        row = 0
+        for batch in batches:
+            texts = batch.column(schema.get_field_index(column)).to_pylist()
+            skip, row = max(0, start - row), row + len(texts)
+            for i in range(skip, len(texts), batch_docs):
+                yield texts[i:i + batch_docs]
+
+
 def open_compressed(path: str) -> IO[bytes]:
     """A binary file, decompressed as it is read (gzip or zstd by the name's ending)."""
-    if path.endswith(".gz"):
+    if path.lower().endswith(".gz"):
         return gzip.open(path, "rb")
-    if path.endswith(".zst"):
+    if path.lower().endswith(".zst"):
         try:
             import zstandard
         except ImportError:
