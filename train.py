@@ -30,11 +30,11 @@ from fineweb_gpt import distributed, hardware, schedule, tokenizer
 from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from fineweb_gpt.atomic import publish_copy
 from fineweb_gpt.batch import auto_batch_size, resolve_batch
-from fineweb_gpt.checkpoint import (BEST, LATEST, CheckpointError, LoopState, build_model, load_checkpoint, loop_state,
+from fineweb_gpt.checkpoint import (BEST, LATEST, LoopState, build_model, load_checkpoint, loop_state,
                                     rng_state, save_checkpoint, set_rng_state, training_checkpoint)
 from fineweb_gpt import report
 from fineweb_gpt import runlock
-from fineweb_gpt.dataloader import ShardError, TrainLoader, ValSet, check_token_ids, find_shards, read_meta
+from fineweb_gpt.dataloader import TrainLoader, ValSet, check_token_ids, find_shards, read_meta
 from fineweb_gpt.distributed import Env
 from fineweb_gpt.errors import UserError, raised_as
 from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained

@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time

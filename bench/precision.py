@@ -70,7 +70,7 @@ def loss_part(b: PrecisionBenchConfig) -> dict:
             if i >= 2:
                 times.append((time.perf_counter() - t) * 1000)
         results[name] = {"ms": statistics.median(times), "loss": loss.item()}
-    fp32, bf16 = results["fp32"], results["bf16"]
+    fp32 = results["fp32"]
     print(f"chunked loss, {b.loss_rows:,} positions x {b.n_embd} x {b.vocab_size:,}, forward + backward "
           f"({hardware.describe_cpu_bf16()}, {torch.get_num_threads()} threads):")
     print("| dtype | ms | speed vs fp32 | loss | loss - fp32 loss |\n|---|---|---|---|---|")

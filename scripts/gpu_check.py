@@ -13,7 +13,6 @@ finite or does not fall also make it exit non-zero (after the table). Without a 
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -30,6 +29,7 @@ import torch  # noqa: E402
 from configurator import cli, key  # noqa: E402
 from fineweb_gpt import hardware  # noqa: E402
 from fineweb_gpt.errors import UserError  # noqa: E402
+from fineweb_gpt.runlog import METRICS, read_metrics  # noqa: E402
 
 
 @dataclass
@@ -83,13 +83,12 @@ def train_config(c: GPUCheckConfig, path: str, data_dir: str) -> dict:
     t = time.time()
     summary = train.train(parse_config(train.TrainConfig, args))
     wall = time.time() - t
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
+    rows = read_metrics(os.path.join(out_dir, METRICS))
     steps = [r for r in rows if "loss" in r]
     later = steps[len(steps) // 2:]  # after compile and warm-up
     ckpt = torch.load(os.path.join(out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
     mfus = [r["mfu"] for r in later if r.get("mfu") is not None]
-    return {"config": name, "out_dir": out_dir, "micro_batch": ckpt["auto_batch_size"],
+    return {"config": name, "out_dir": out_dir, "micro_batch": ckpt["loop"]["auto_batch_size"],
             "tok_per_s": statistics.median(r["tok_per_s"] for r in later),
             "mfu": statistics.median(mfus) if mfus else None,
             "peak_mem_gib": max((r["peak_mem_gib"] or 0.0) for r in steps),

@@ -1,6 +1,5 @@
 """Muon: the same update as torch.optim.Muon, stacks equal one matrix at a time, exact resume, and the
 update sharded over 2 gloo processes equals the single-process one."""
-import os
 
 import pytest
 import torch

@@ -146,6 +146,6 @@ def test_a_second_train_is_refused_while_the_first_finishes_intact(synthetic_sha
         assert "already holds a checkpoint" not in message
     _, err = job.communicate(timeout=300)
     assert job.returncode == 0, err[-3000:]
-    assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 40
+    assert load_checkpoint(str(out / "ckpt.pt"))["loop"]["step"] == 40
     assert [r["step"] for r in metrics(out)] == list(range(41))  # one run's log, nothing written twice
     assert not (out / runlock.LOCK_NAME).exists() and not [p for p in snapshot(out) if p.endswith(".tmp")]
