@@ -134,9 +134,13 @@ class BudgetSchedule:
         self.warmup_iters, self.cooldown_frac = warmup_iters, cooldown_frac
         self.state = state or BudgetState()
 
-    def decide(self, step: int, elapsed_s: float, step_s: float, final_s: float) -> BudgetDecision:
+    def decide(self, step: int, elapsed_s: float, step_s: float | None, final_s: float) -> BudgetDecision:
+        """step_s None: no update timed yet in this process (its first step compiles); the rate keeps its course."""
         time_left = self.budget_s - elapsed_s - final_s  # for updates, after keeping the final eval and save
-        updates_left = max(0, math.floor(time_left / step_s)) if step_s > 0 else 0
+        if step_s is None:
+            lr = self.state.lr if self.state.cooling else self._warm_lr(step)
+            return BudgetDecision(lr, time_left <= 0, 0)
+        updates_left = max(0, math.floor(time_left / step_s))
         if updates_left == 0:
             return BudgetDecision(self.state.lr if self.state.lr is not None else self.min_lr, True, 0)
         if not self.state.cooling and time_left <= self.cooldown_frac * self.budget_s:
@@ -151,3 +155,25 @@ class BudgetSchedule:
         if step < self.warmup_iters:
             return self.learning_rate * (step + 1) / (self.warmup_iters + 1)
         return self.learning_rate
+
+
+def measure_tokens_per_s(model, optimizer, amp, device: str, batch_size: int, block_size: int, steps: int) -> float:
+    """Training tokens per second of one process: `steps` full updates (forward, backward, optimizer step) on
+    random tokens after one untimed update (which compiles, where compiled)."""
+    import time
+
+    import torch
+
+    from fineweb_gpt import hardware
+    x = torch.randint(0, model.config.vocab_size, (batch_size, block_size), device=device)
+    for i in range(steps + 1):
+        if i == 1:
+            hardware.synchronize(device)
+            start = time.time()
+        with amp:
+            _, loss = model(x, x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    hardware.synchronize(device)
+    return steps * batch_size * block_size / (time.time() - start)
