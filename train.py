@@ -159,8 +159,6 @@ def check_config(cfg: TrainConfig) -> None:
         if cfg.lr_schedule != "wsd" or not cfg.decay_lr:
             between.append("time_budget times the cooldown of a warmup-stable-decay schedule from the measured pace: "
                            "add --lr_schedule=wsd (and keep decay_lr=True)")
-        if "max_iters" in explicit_keys(cfg):
-            between.append("time_budget and max_iters both say when the run ends: set only one of them")
     if cfg.depth == "auto" and not cfg.time_budget:
         between.append("depth=auto picks the deepest model that a time budget can train: add --time_budget=... "
                        "(e.g. 8h), or give a depth")
@@ -490,8 +488,8 @@ def make_budget(cfg: TrainConfig, state: LoopState) -> plan.BudgetSchedule | Non
 
 
 def budget_step(budget: plan.BudgetSchedule, state: LoopState, clock: Clock, step_times, eval_s: float,
-                cfg: TrainConfig, env: Env) -> tuple[float, bool]:
-    """(lr, whether to stop now) from the clock. Every process takes the same decision from the same numbers
+                cfg: TrainConfig, env: Env) -> tuple[float, bool, bool]:
+    """(lr, whether to stop now, whether this is the last update) from the clock. Every process takes the same decision from the same numbers
     (averaged over the processes), so all stop at the same step."""
     times = sorted(step_times)
     pace = times[len(times) // 2] + eval_s / cfg.eval_interval if times else 0.0  # median update, evals amortised
@@ -500,7 +498,7 @@ def budget_step(budget: plan.BudgetSchedule, state: LoopState, clock: Clock, ste
     state.budget = asdict(budget.state)
     if len(times) == 5 and not decision.last_step:  # once the pace is known: the plan in steps and tokens
         env.print0(describe_plan(cfg, env, clock, pace, decision.updates_left))
-    return decision.lr, decision.last_step
+    return decision.lr, decision.last_step, decision.updates_left == 1
 
 
 def describe_plan(cfg: TrainConfig, env: Env, clock: Clock, pace: float | None = None,
@@ -564,17 +562,17 @@ def train(cfg: TrainConfig) -> dict:
         if budget is not None:
             env.print0(describe_plan(cfg, env, clock))
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
-        last_loss = val_loss = val_step = None
+        last_loss = val_loss = val_step = budget_end = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
         model = wrap_ddp(compiled, env)
         try:
             x, y, batch_state = train_loader.next_batch()
             for step in itertools.count(start_step):
                 state.step, state.elapsed = step, clock.elapsed()
-                if budget is None:
-                    lr, last_step = schedule.get_lr(step, cfg), step == cfg.max_iters
+                if budget is None:  # max_iters decides, or the clock
+                    lr, last_step, final_update = schedule.get_lr(step, cfg), step == cfg.max_iters, step == cfg.max_iters - 1
                 else:
-                    lr, last_step = budget_step(budget, state, clock, step_times, eval_s, cfg, env)
+                    lr, last_step, final_update = budget_step(budget, state, clock, step_times, eval_s, cfg, env)
                 row = {"step": step, "tokens": step * tokens_per_step}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)
@@ -595,9 +593,11 @@ def train(cfg: TrainConfig) -> dict:
                     state.best_val_loss = min(state.best_val_loss, val_loss)
                     if step > start_step and names:
                         save_run(cfg, names, raw_model, optimizer, scaler, state, tok_record, env)
-                    eval_s = max(eval_s, time.time() - t_eval)  # what the budget keeps for the final eval and save
+                    # what the budget keeps for the final eval and save: the latest one (the first includes one-off costs)
+                    eval_s = time.time() - t_eval if step > start_step or not eval_s else eval_s
                 if last_step:
                     log.record({**row, "elapsed": clock.elapsed()})
+                    budget_end = step  # a budgeted run ends where its clock says: finished
                     break
 
                 # ---- one optimizer update: accum_steps micro-batches, then clip, step
@@ -625,7 +625,7 @@ def train(cfg: TrainConfig) -> dict:
                 dt = time.time() - t_step
                 step_times.append(dt)
 
-                if step % cfg.log_interval == 0 or step == cfg.max_iters - 1:  # the last update too: curves end with the run
+                if step % cfg.log_interval == 0 or final_update:  # the last update too: curves end with the run
                     mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,
@@ -649,7 +649,7 @@ def train(cfg: TrainConfig) -> dict:
         final = val_loss if val_step == state.step else None  # a stop between evals has no val loss of its step
         best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
         env.print0(report.run_summary(report.RunSummary(
-            cfg.out_dir, start_step, state.step, cfg.max_iters, tokens_per_step, clock.elapsed(), final,
+            cfg.out_dir, start_step, state.step, cfg.max_iters if budget is None else budget_end, tokens_per_step, clock.elapsed(), final,
             val_set.bits_per_byte(final) if final is not None else None, best,
             val_set.bits_per_byte(best) if best is not None else None, [LATEST, BEST])))
     return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}
