@@ -32,6 +32,7 @@ from configurator import ConfigError, check_values, explicit_keys, key, keys_of,
 from fineweb_gpt import distributed, hardware, plan, schedule, tokenizer
 from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from fineweb_gpt.atomic import publish_copy
+from fineweb_gpt.autobatch import NothingFits
 from fineweb_gpt.batch import auto_batch_size, resolve_batch
 from fineweb_gpt.checkpoint import (BEST, LATEST, LoopState, build_model, load_checkpoint, loop_state,
                                     rng_state, save_checkpoint, set_rng_state, training_checkpoint)
@@ -147,7 +148,7 @@ def check_config(cfg: TrainConfig) -> None:
     between = []
     if cfg.min_lr > cfg.learning_rate:
         between.append(f"min_lr={cfg.min_lr} exceeds learning_rate={cfg.learning_rate}: the schedule decays to min_lr")
-    if cfg.batch_size == "auto" and (not cfg.total_batch_size or cfg.gradient_accumulation_steps):
+    if cfg.batch_size == "auto" and cfg.depth == 0 and (not cfg.total_batch_size or cfg.gradient_accumulation_steps):
         between.append("batch_size=auto needs total_batch_size (tokens per update, which the micro-batch must not "
                        "change) and derives gradient_accumulation_steps from it: set total_batch_size, leave "
                        "gradient_accumulation_steps at 0")
@@ -286,8 +287,14 @@ def depth_by_speed(cfg: TrainConfig, env: Env, amp, clock: Clock) -> int:
         set_memory_options(model, trial, env)
         optimizer, _ = make_optimizer(model, optimizer_settings(trial))
         compiled = torch.compile(model) if hardware.pick_compile(trial.compile, env.device)[0] else model
-        size = trial.batch_size if trial.batch_size != "auto" else auto_batch_size(trial, env, compiled, optimizer, amp, None)
-        tok_per_s = plan.measure_tokens_per_s(compiled, optimizer, amp, env.device, size, trial.block_size, SPEED_STEPS)
+        try:
+            size = trial.batch_size if trial.batch_size != "auto" else \
+                auto_batch_size(trial, env, compiled, optimizer, amp, None)
+            tok_per_s = plan.measure_tokens_per_s(compiled, optimizer, amp, env.device, size, trial.block_size,
+                                                  SPEED_STEPS)
+        except (torch.OutOfMemoryError, NothingFits):  # deeper models will not fit either
+            env.print0(f"depth=auto: depth {depth} does not fit in memory at batch_size={trial.batch_size}")
+            break
         tok_per_s = env.all_mean(torch.tensor(tok_per_s, device=env.device)).item() * env.world_size
         candidates.append(plan.DepthCandidate(depth, model.num_params()["total"], tok_per_s,
                                               budget - clock.elapsed(), cfg.tokens_per_param))
@@ -297,6 +304,9 @@ def depth_by_speed(cfg: TrainConfig, env: Env, amp, clock: Clock) -> int:
             torch.cuda.empty_cache()
         if not candidates[-1].fits:
             break
+    if not candidates:
+        raise ConfigError(f"depth=auto: even depth {AUTO_DEPTHS[0]} does not fit in memory; lower batch_size or "
+                          f"block_size, or use batch_size=auto")
     chosen = plan.choose_depth(candidates)
     env.print0(f"depth=auto: measured on {hardware.device_name(env.device)} ({SPEED_STEPS} updates each), over the "
                f"{duration(budget - clock.elapsed())} left of the budget:\n" + plan.depth_table(candidates, chosen))
@@ -489,8 +499,8 @@ def make_budget(cfg: TrainConfig, state: LoopState) -> plan.BudgetSchedule | Non
 
 def budget_step(budget: plan.BudgetSchedule, state: LoopState, clock: Clock, step_times, eval_s: float,
                 cfg: TrainConfig, env: Env) -> tuple[float, bool, bool]:
-    """(lr, whether to stop now, whether this is the last update) from the clock. Every process takes the same decision from the same numbers
-    (averaged over the processes), so all stop at the same step."""
+    """(lr, whether to stop now, whether this is the last update) from the clock. Every process takes the
+    same decision from the same numbers (averaged over the processes), so all stop at the same step."""
     times = sorted(step_times)
     pace = times[len(times) // 2] + eval_s / cfg.eval_interval if times else 0.0  # median update, evals amortised
     elapsed, pace, eval_s = env.all_mean(torch.tensor([clock.elapsed(), pace, eval_s], device=env.device)).tolist()
@@ -516,8 +526,8 @@ def describe_plan(cfg: TrainConfig, env: Env, clock: Clock, pace: float | None =
         return (f"plan: train for {duration(budget)} in all ({duration(clock.elapsed())} spent), ending by "
                 f"{end:%H:%M:%S} with the cooldown over the last {cfg.cooldown_frac:.0%}; steps and tokens follow "
                 f"from the pace, measured over the first updates")
-    tokens = (state_steps := updates_left) * per_update
-    return (f"plan: at {pace:.3g} s per update, about {state_steps:,} more updates = {short_count(tokens)} more "
+    tokens = updates_left * per_update
+    return (f"plan: at {pace:.3g} s per update, about {updates_left:,} more updates = {short_count(tokens)} more "
             f"tokens ({params / 1e6:.1f}M parameters), ending by {end:%H:%M:%S}")
 
 
@@ -533,15 +543,15 @@ def train(cfg: TrainConfig) -> dict:
         refuse_to_overwrite(cfg)
         dtype, amp = setup_device(cfg, env, device_reason)
         ckpt = checkpoint_to_resume(cfg, env)
-        state = loop_state(ckpt, os.path.join(cfg.out_dir, LATEST))  # where the loop starts
-        clock = Clock(state.elapsed, started)
-        cfg = apply_depth(cfg, env, amp, ckpt, clock)
+        cfg = apply_depth(cfg, env, amp, ckpt, Clock(0.0, started))  # a resume keeps the depth its run chose
         if cfg.plan_only:
-            env.print0(describe_plan(cfg, env, clock))
-            return {"step": state.step, "plan": asdict(cfg)}
+            env.print0(describe_plan(cfg, env, Clock(0.0, started)))
+            return {"plan": asdict(cfg)}
         for split in ("train", "val"):  # missing data is reported now, not after minutes of batch_size=auto probing
             find_shards(data_dir_of(cfg), split)
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
+        state = loop_state(ckpt, os.path.join(cfg.out_dir, LATEST))  # where the loop starts
+        clock = Clock(state.elapsed, started)  # a time budget counts the time spent before a resume, and set-up
         if ckpt is not None:
             check_can_continue(ckpt, state, cfg, env)
         set_memory_options(raw_model, cfg, env)
@@ -570,7 +580,8 @@ def train(cfg: TrainConfig) -> dict:
             for step in itertools.count(start_step):
                 state.step, state.elapsed = step, clock.elapsed()
                 if budget is None:  # max_iters decides, or the clock
-                    lr, last_step, final_update = schedule.get_lr(step, cfg), step == cfg.max_iters, step == cfg.max_iters - 1
+                    lr, last_step, final_update = (schedule.get_lr(step, cfg), step == cfg.max_iters,
+                                                   step == cfg.max_iters - 1)
                 else:
                     lr, last_step, final_update = budget_step(budget, state, clock, step_times, eval_s, cfg, env)
                 row = {"step": step, "tokens": step * tokens_per_step}
@@ -626,6 +637,8 @@ def train(cfg: TrainConfig) -> dict:
                 step_times.append(dt)
 
                 if step % cfg.log_interval == 0 or final_update:  # the last update too: curves end with the run
+                    time_left = eta(list(step_times), cfg.max_iters - step - 1) if budget is None else \
+                        duration(budget.budget_s - clock.elapsed())
                     mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,
@@ -634,7 +647,7 @@ def train(cfg: TrainConfig) -> dict:
                                f"{tokens_per_step / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
                                f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms | "
                                f"{short_count((step + 1) * tokens_per_step)} tokens | "
-                               f"ETA {eta(list(step_times), cfg.max_iters - step - 1) if budget is None else duration(budget.budget_s - clock.elapsed())}")
+                               f"ETA {time_left}")
                 if len(row) > 2:
                     log.record(row)
                 if env.any(stop.signal is not None):  # every rank stops at the same step
@@ -649,7 +662,8 @@ def train(cfg: TrainConfig) -> dict:
         final = val_loss if val_step == state.step else None  # a stop between evals has no val loss of its step
         best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
         env.print0(report.run_summary(report.RunSummary(
-            cfg.out_dir, start_step, state.step, cfg.max_iters if budget is None else budget_end, tokens_per_step, clock.elapsed(), final,
+            cfg.out_dir, start_step, state.step, cfg.max_iters if budget is None else budget_end, tokens_per_step,
+            clock.elapsed(), final,
             val_set.bits_per_byte(final) if final is not None else None, best,
             val_set.bits_per_byte(best) if best is not None else None, [LATEST, BEST])))
     return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}

@@ -30,6 +30,7 @@ HEAD_SIZE = 64            # GPT-2's head size
 REFERENCE_DEPTH = 12      # GPT-2 small: where the reference batch below was tuned
 REFERENCE_BATCH = 2 ** 19  # tokens per update at the reference depth (nanoGPT, nanochat)
 BATCH_EXPONENT = 0.383    # optimal batch ~ tokens^0.383 (Power Lines, arXiv 2505.13738)
+COOLDOWN_SLACK = 2        # a budgeted cooldown reaches min_lr this many updates before the planned last one
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -125,8 +126,8 @@ class BudgetSchedule:
 
     At each step the caller passes the run's elapsed seconds, the seconds one update takes now (recent steps,
     evals amortised) and the seconds the final eval and checkpoint take. The cooldown starts when the time left
-    for updates is cooldown_frac of the budget or less; each cooldown step moves the rate 1/(updates left) of
-    the way to min_lr, so it reaches min_lr at the last update whatever the pace does meanwhile."""
+    for updates is cooldown_frac of the budget or less; each cooldown step moves the rate a share of the way to
+    min_lr, 1 / (updates left - COOLDOWN_SLACK), so it reaches min_lr whatever the pace does meanwhile."""
 
     def __init__(self, budget_s: float, learning_rate: float, min_lr: float, warmup_iters: int,
                  cooldown_frac: float, state: BudgetState | None = None):
@@ -148,7 +149,9 @@ class BudgetSchedule:
             self.state.lr = self._warm_lr(step)
         if not self.state.cooling:
             return BudgetDecision(self._warm_lr(step), False, updates_left)
-        self.state.lr -= (self.state.lr - self.min_lr) / updates_left  # min_lr exactly when one update is left
+        # min_lr is reached with COOLDOWN_SLACK updates still in hand, so a step slower than the pace (which can
+        # end the run an update or two sooner than planned) still ends at min_lr
+        self.state.lr -= (self.state.lr - self.min_lr) / max(1, updates_left - COOLDOWN_SLACK)
         return BudgetDecision(self.state.lr, False, updates_left)
 
     def _warm_lr(self, step: int) -> float:
