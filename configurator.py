@@ -273,7 +273,16 @@ def parse_config(cls: type, argv: list[str], prog: str = "train.py"):
         values[name] = coerce(name, value, hints[name], from_cli=True)
     cfg = cls(**values)
     check_values(cfg)
+    cfg.explicit_keys = frozenset(values)  # what the user set (files or flags), so that a dial never overrides it
     return cfg
+
+
+def explicit_keys(cfg: Any) -> frozenset[str]:
+    """The keys parse_config saw set; for a config built in code, those that differ from their defaults."""
+    given = getattr(cfg, "explicit_keys", None)
+    if given is not None:
+        return given
+    return frozenset(f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default)
 
 
 

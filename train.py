@@ -14,6 +14,9 @@ loop state (checkpoint.py), the run log and metrics.jsonl (runlog.py), the stop 
 from __future__ import annotations
 
 import collections
+import datetime
+import gc
+import itertools
 import math
 import os
 import sys
@@ -25,10 +28,11 @@ from typing import NoReturn
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import ConfigError, check_values, key, keys_of, parse_config
-from fineweb_gpt import distributed, hardware, schedule, tokenizer
+from configurator import ConfigError, check_values, explicit_keys, key, keys_of, parse_config
+from fineweb_gpt import distributed, hardware, plan, schedule, tokenizer
 from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from fineweb_gpt.atomic import publish_copy
+from fineweb_gpt.autobatch import NothingFits
 from fineweb_gpt.batch import auto_batch_size, resolve_batch
 from fineweb_gpt.checkpoint import (BEST, LATEST, LoopState, build_model, load_checkpoint, loop_state,
                                     rng_state, save_checkpoint, set_rng_state, training_checkpoint)
@@ -41,7 +45,7 @@ from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
 from fineweb_gpt.optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
 from fineweb_gpt.runlog import Clock, RunLog, duration, eta, out_dir_failed, short_count
 from fineweb_gpt.stop_signal import StopFlag
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, count_params
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 ModelKeys = keys_of(GPTConfig)  # n_layer, n_embd, ...: GPTConfig's fields, each declared once in model.py
@@ -98,6 +102,17 @@ class TrainConfig(ModelKeys):
     muon_ns_dtype: str = key("auto", "muon: dtype of the Newton-Schulz iteration: 'auto' (bfloat16 where the device "
                              "computes it natively, else float32), 'bfloat16' or 'float32'", choices=hardware.MUON_NS_DTYPES)
     max_iters: int = key(5000, "optimizer updates in the whole run", range="[0, inf)")
+    time_budget: str = key("", "train for this much wall-clock time instead of max_iters: 8h, 90m, 2h30m; set-up, "
+                           "evals and checkpoints included, the wsd cooldown timed to end inside it ('' = off)")
+    depth: int | str = key(0, "one dial for the model's size (0 = off): n_layer=depth, n_embd=64*depth, "
+                           "n_head=depth; then max_iters for tokens_per_param tokens per parameter and "
+                           "total_batch_size by the Power Lines rule, learning rates scaled by sqrt(batch/2^19); keys "
+                           "set explicitly win. 'auto' (with time_budget): measure a few depths on this machine and "
+                           "take the deepest whose compute-optimal tokens fit", range="[0, inf)", choices=("auto",))
+    tokens_per_param: float = key(plan.TOKENS_PER_PARAM, "depth: training tokens per parameter (Chinchilla's "
+                                  "compute-optimal ratio, Hoffmann et al. 2022)", range="(0, inf)")
+    plan_only: bool = key(False, "print the run's plan (shape, parameters, tokens, steps; depth=auto's table) "
+                          "and exit without training")
     weight_decay: float = key(0.1, "decoupled weight decay of the matrices (adamw: and embeddings)", range="[0, inf)")
     beta1: float = key(0.9, "AdamW beta1", range="[0, 1)")
     beta2: float = key(0.95, "AdamW beta2", range="[0, 1)")
@@ -133,10 +148,21 @@ def check_config(cfg: TrainConfig) -> None:
     between = []
     if cfg.min_lr > cfg.learning_rate:
         between.append(f"min_lr={cfg.min_lr} exceeds learning_rate={cfg.learning_rate}: the schedule decays to min_lr")
-    if cfg.batch_size == "auto" and (not cfg.total_batch_size or cfg.gradient_accumulation_steps):
+    if cfg.batch_size == "auto" and cfg.depth == 0 and (not cfg.total_batch_size or cfg.gradient_accumulation_steps):
         between.append("batch_size=auto needs total_batch_size (tokens per update, which the micro-batch must not "
                        "change) and derives gradient_accumulation_steps from it: set total_batch_size, leave "
                        "gradient_accumulation_steps at 0")
+    if cfg.time_budget:
+        try:
+            plan.parse_duration(cfg.time_budget)
+        except ConfigError as e:
+            between.append(str(e))
+        if cfg.lr_schedule != "wsd" or not cfg.decay_lr:
+            between.append("time_budget times the cooldown of a warmup-stable-decay schedule from the measured pace: "
+                           "add --lr_schedule=wsd (and keep decay_lr=True)")
+    if cfg.depth == "auto" and not cfg.time_budget:
+        between.append("depth=auto picks the deepest model that a time budget can train: add --time_budget=... "
+                       "(e.g. 8h), or give a depth")
     check_values(cfg, between, "invalid training config:")
 
 
@@ -205,6 +231,89 @@ def checkpoint_to_resume(cfg: TrainConfig, env: Env) -> dict | None:
         raise ConfigError(f"{cfg.out_dir}/{LATEST} exists for ranks {[r for r, s in enumerate(seen) if s]} but not for "
                           f"the others: rank 0 writes checkpoints, so out_dir must be on storage that every node reads")
     return load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if resume else None
+
+
+def apply_depth(cfg: TrainConfig, env: Env, amp, ckpt: dict | None, clock: Clock) -> TrainConfig:
+    """The depth dial (its rules: fineweb_gpt/plan.py): the keys it sets, each unless set explicitly, printed.
+    depth=auto measures this machine first; a resume keeps the depth its run chose."""
+    if cfg.depth == 0:
+        return cfg
+    depth = cfg.depth
+    if depth == "auto":
+        depth = ckpt["config"]["depth"] if ckpt is not None else depth_by_speed(cfg, env, amp, clock)
+    dialled, notes = dial(cfg, depth, env.world_size)
+    env.print0(f"depth {depth}: " + "; ".join(notes))
+    return dialled
+
+
+def dial(cfg: TrainConfig, depth: int, world_size: int) -> tuple[TrainConfig, list[str]]:
+    """cfg with the keys the depth dial sets (those not set explicitly), and what it set, in words."""
+    explicit = explicit_keys(cfg)
+    shape = {k: v for k, v in plan.shape_for_depth(depth).items() if k not in explicit}
+    out = replace(cfg, depth=depth, **shape)
+    params = count_params(model_config(out))["total"]
+    tokens = plan.horizon_tokens(params, cfg.tokens_per_param)
+    notes = [", ".join(f"{k}={v}" for k, v in shape.items()) or "shape set explicitly",
+             f"{params / 1e6:.1f}M parameters, compute-optimal {tokens:,} tokens ({cfg.tokens_per_param:g} per parameter)"]
+    if not explicit & {"total_batch_size", "gradient_accumulation_steps"}:
+        reference = count_params(model_config(replace(out, **plan.shape_for_depth(plan.REFERENCE_DEPTH))))["total"]
+        unit = cfg.block_size * world_size * (cfg.batch_size if cfg.batch_size != "auto" else 1)
+        batch = plan.batch_for_horizon(tokens, plan.horizon_tokens(reference, cfg.tokens_per_param))
+        batch = max(1, round(batch / unit)) * unit  # a whole number of micro-batches on every process
+        scale = plan.lr_scale_for_batch(batch)
+        lrs = [k for k in ("learning_rate", "embedding_lr", "head_lr", "scalar_lr") if k not in explicit]
+        lrs += ["min_lr"] if "learning_rate" in lrs and "min_lr" not in explicit else []
+        out = replace(out, total_batch_size=batch, **{k: getattr(cfg, k) * scale for k in lrs})
+        notes.append(f"{batch:,} tokens per update" + (f", learning rates x{scale:.3g} ({', '.join(lrs)})" if lrs else ""))
+    if not cfg.time_budget and "max_iters" not in explicit:
+        out = replace(out, max_iters=math.ceil(tokens / (out.total_batch_size or resolve_batch(out, world_size)[1])))
+        notes.append(f"max_iters={out.max_iters:,}")
+    out.explicit_keys = explicit
+    return out, notes
+
+
+AUTO_DEPTHS = (2, 4, 6, 8, 10, 12, 16, 20, 24, 32)  # depth=auto measures these in turn, until one does not fit
+SPEED_STEPS = 3  # timed updates per measured depth
+
+
+def depth_by_speed(cfg: TrainConfig, env: Env, amp, clock: Clock) -> int:
+    """depth=auto: this machine's training speed at increasing depths (compiled and batched as the run will
+    be), until the budget left cannot train one on its compute-optimal tokens; the deepest that can."""
+    budget = plan.parse_duration(cfg.time_budget)
+    candidates = []
+    for depth in AUTO_DEPTHS:
+        trial, _ = dial(cfg, depth, env.world_size)
+        model = GPT(model_config(trial)).to(env.device).train()
+        set_memory_options(model, trial, env)
+        optimizer, _ = make_optimizer(model, optimizer_settings(trial))
+        compiled = torch.compile(model) if hardware.pick_compile(trial.compile, env.device)[0] else model
+        try:
+            size = trial.batch_size if trial.batch_size != "auto" else \
+                auto_batch_size(trial, env, compiled, optimizer, amp, None)
+            tok_per_s = plan.measure_tokens_per_s(compiled, optimizer, amp, env.device, size, trial.block_size,
+                                                  SPEED_STEPS)
+        except (torch.OutOfMemoryError, NothingFits):  # deeper models will not fit either
+            env.print0(f"depth=auto: depth {depth} does not fit in memory at batch_size={trial.batch_size}")
+            break
+        tok_per_s = env.all_mean(torch.tensor(tok_per_s, device=env.device)).item() * env.world_size
+        candidates.append(plan.DepthCandidate(depth, model.num_params()["total"], tok_per_s,
+                                              budget - clock.elapsed(), cfg.tokens_per_param))
+        del model, optimizer, compiled
+        gc.collect()  # the next depth's model takes this one's place
+        if env.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        if not candidates[-1].fits:
+            break
+    if not candidates:
+        raise ConfigError(f"depth=auto: even depth {AUTO_DEPTHS[0]} does not fit in memory; lower batch_size or "
+                          f"block_size, or use batch_size=auto")
+    chosen = plan.choose_depth(candidates)
+    env.print0(f"depth=auto: measured on {hardware.device_name(env.device)} ({SPEED_STEPS} updates each), over the "
+               f"{duration(budget - clock.elapsed())} left of the budget:\n" + plan.depth_table(candidates, chosen))
+    if not chosen.fits:
+        env.print0(f"depth=auto: no depth fits its compute-optimal tokens in this budget; depth {chosen.depth} "
+                   f"trains on {chosen.tokens_in_budget / chosen.tokens_needed:.1%} of them")
+    return chosen.depth
 
 
 def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
@@ -292,7 +401,7 @@ def check_can_continue(ckpt: dict, state: LoopState, cfg: TrainConfig, env: Env)
     if change:
         env.print0(f"resume: {change}")
     env.print0(f"resume: from step {state.step} of {cfg.out_dir}/{LATEST}, best val loss {state.best_val_loss:.4f}")
-    if state.step > cfg.max_iters:
+    if state.step > cfg.max_iters and not cfg.time_budget:
         raise ConfigError(f"the checkpoint is at step {state.step}, past max_iters={cfg.max_iters}; "
                           f"raise max_iters to continue")
 
@@ -379,21 +488,70 @@ def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) ->
         f"use dtype=bfloat16, then rerun (or --init_from=resume from the last checkpoint)")
 
 
+def make_budget(cfg: TrainConfig, state: LoopState) -> plan.BudgetSchedule | None:
+    """time_budget's clock-driven schedule, continuing a resumed run's (None: max_iters decides)."""
+    if not cfg.time_budget:
+        return None
+    saved = plan.BudgetState(**state.budget) if state.budget else None
+    return plan.BudgetSchedule(plan.parse_duration(cfg.time_budget), cfg.learning_rate, cfg.min_lr,
+                               cfg.warmup_iters, cfg.cooldown_frac, saved)
+
+
+def budget_step(budget: plan.BudgetSchedule, state: LoopState, clock: Clock, step_times, eval_s: float,
+                cfg: TrainConfig, env: Env) -> tuple[float, bool, bool]:
+    """(lr, whether to stop now, whether this is the last update) from the clock. Every process takes the
+    same decision from the same numbers (averaged over the processes), so all stop at the same step."""
+    times = sorted(step_times)
+    pace = times[len(times) // 2] + eval_s / cfg.eval_interval if times else 0.0  # median update, evals amortised
+    elapsed, pace, eval_s = env.all_mean(torch.tensor([clock.elapsed(), pace, eval_s], device=env.device)).tolist()
+    decision = budget.decide(state.step, elapsed, pace if times else None, eval_s)
+    state.budget = asdict(budget.state)
+    if len(times) == 5 and not decision.last_step:  # once the pace is known: the plan in steps and tokens
+        env.print0(describe_plan(cfg, env, clock, pace, decision.updates_left))
+    return decision.lr, decision.last_step, decision.updates_left == 1
+
+
+def describe_plan(cfg: TrainConfig, env: Env, clock: Clock, pace: float | None = None,
+                  updates_left: int | None = None) -> str:
+    """The run's plan in one line: steps, tokens, tokens per parameter and when it ends."""
+    params = count_params(model_config(cfg))["total"]
+    per_update = cfg.total_batch_size or resolve_batch(cfg, env.world_size)[1]
+    if not cfg.time_budget:
+        tokens = cfg.max_iters * per_update
+        return (f"plan: {cfg.max_iters:,} steps x {per_update:,} tokens = {short_count(tokens)} tokens, "
+                f"{tokens / params:.2f} per parameter ({params / 1e6:.1f}M parameters)")
+    budget = plan.parse_duration(cfg.time_budget)
+    end = datetime.datetime.now() + datetime.timedelta(seconds=budget - clock.elapsed())
+    if pace is None:
+        return (f"plan: train for {duration(budget)} in all ({duration(clock.elapsed())} spent), ending by "
+                f"{end:%H:%M:%S} with the cooldown over the last {cfg.cooldown_frac:.0%}; steps and tokens follow "
+                f"from the pace, measured over the first updates")
+    tokens = updates_left * per_update
+    return (f"plan: at {pace:.3g} s per update, about {updates_left:,} more updates = {short_count(tokens)} more "
+            f"tokens ({params / 1e6:.1f}M parameters), ending by {end:%H:%M:%S}")
+
+
 # ------------------------------------------------------------------ the run
 
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary (final step, losses). Raises on user errors."""
+    started = time.time()  # a time budget counts the set-up too
     check_config(cfg)
     device, device_reason = hardware.pick_device(cfg.device)
     with distributed.setup(device, cfg.backend) as env, runlock.job_lock(cfg.out_dir, env, f"--out_dir={cfg.out_dir}",
                                                                           ConfigError):  # one run per out_dir
         refuse_to_overwrite(cfg)
         dtype, amp = setup_device(cfg, env, device_reason)
+        ckpt = checkpoint_to_resume(cfg, env)
+        cfg = apply_depth(cfg, env, amp, ckpt, Clock(0.0, started))  # a resume keeps the depth its run chose
+        if cfg.plan_only:
+            env.print0(describe_plan(cfg, env, Clock(0.0, started)))
+            return {"plan": asdict(cfg)}
         for split in ("train", "val"):  # missing data is reported now, not after minutes of batch_size=auto probing
             find_shards(data_dir_of(cfg), split)
-        ckpt = checkpoint_to_resume(cfg, env)
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
         state = loop_state(ckpt, os.path.join(cfg.out_dir, LATEST))  # where the loop starts
+        clock = Clock(state.elapsed, started)  # a time budget counts the time spent before a resume, and set-up
         if ckpt is not None:
             check_can_continue(ckpt, state, cfg, env)
         set_memory_options(raw_model, cfg, env)
@@ -410,21 +568,28 @@ def train(cfg: TrainConfig) -> dict:
                       "tokenizer": tok_record})  # plot.py shows reference curves only for runs on their tokenizer
         state.wandb_run_id = log.wandb.id or state.wandb_run_id
         flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
-        stop, clock, start_step = StopFlag(), Clock(state.elapsed), state.step
+        stop, start_step, budget, eval_s = StopFlag(), state.step, make_budget(cfg, state), 0.0
+        if budget is not None:
+            env.print0(describe_plan(cfg, env, clock))
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
-        last_loss = val_loss = val_step = None
+        last_loss = val_loss = val_step = budget_end = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
         model = wrap_ddp(compiled, env)
         try:
             x, y, batch_state = train_loader.next_batch()
-            for step in range(start_step, cfg.max_iters + 1):
+            for step in itertools.count(start_step):
                 state.step, state.elapsed = step, clock.elapsed()
-                last_step = step == cfg.max_iters
+                if budget is None:  # max_iters decides, or the clock
+                    lr, last_step, final_update = (schedule.get_lr(step, cfg), step == cfg.max_iters,
+                                                   step == cfg.max_iters - 1)
+                else:
+                    lr, last_step, final_update = budget_step(budget, state, clock, step_times, eval_s, cfg, env)
                 row = {"step": step, "tokens": step * tokens_per_step}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)
                 before_stop = resumed_val if step == start_step else None
                 if step % cfg.eval_interval == 0 or last_step or before_stop is not None:
+                    t_eval = time.time()
                     row["val_loss"] = val_loss = state.val_loss = evaluate(raw_model, val_set, amp, env)
                     val_step = step
                     val_bpb = val_set.bits_per_byte(val_loss)
@@ -439,13 +604,15 @@ def train(cfg: TrainConfig) -> dict:
                     state.best_val_loss = min(state.best_val_loss, val_loss)
                     if step > start_step and names:
                         save_run(cfg, names, raw_model, optimizer, scaler, state, tok_record, env)
+                    # what the budget keeps for the final eval and save: the latest one (the first includes one-off costs)
+                    eval_s = time.time() - t_eval if step > start_step or not eval_s else eval_s
                 if last_step:
                     log.record({**row, "elapsed": clock.elapsed()})
+                    budget_end = step  # a budgeted run ends where its clock says: finished
                     break
 
                 # ---- one optimizer update: accum_steps micro-batches, then clip, step
                 t_step = time.time()
-                lr = schedule.get_lr(step, cfg)
                 for group, peak in zip(optimizer.param_groups, peak_lrs):
                     group["lr"] = peak * lr / cfg.learning_rate  # every group follows the main group's schedule
                 loss_sum = torch.zeros((), device=env.device)
@@ -469,7 +636,9 @@ def train(cfg: TrainConfig) -> dict:
                 dt = time.time() - t_step
                 step_times.append(dt)
 
-                if step % cfg.log_interval == 0 or step == cfg.max_iters - 1:  # the last update too: curves end with the run
+                if step % cfg.log_interval == 0 or final_update:  # the last update too: curves end with the run
+                    time_left = eta(list(step_times), cfg.max_iters - step - 1) if budget is None else \
+                        duration(budget.budget_s - clock.elapsed())
                     mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,
@@ -478,7 +647,7 @@ def train(cfg: TrainConfig) -> dict:
                                f"{tokens_per_step / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
                                f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms | "
                                f"{short_count((step + 1) * tokens_per_step)} tokens | "
-                               f"ETA {eta(list(step_times), cfg.max_iters - step - 1)}")
+                               f"ETA {time_left}")
                 if len(row) > 2:
                     log.record(row)
                 if env.any(stop.signal is not None):  # every rank stops at the same step
@@ -493,7 +662,8 @@ def train(cfg: TrainConfig) -> dict:
         final = val_loss if val_step == state.step else None  # a stop between evals has no val loss of its step
         best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
         env.print0(report.run_summary(report.RunSummary(
-            cfg.out_dir, start_step, state.step, cfg.max_iters, tokens_per_step, clock.elapsed(), final,
+            cfg.out_dir, start_step, state.step, cfg.max_iters if budget is None else budget_end, tokens_per_step,
+            clock.elapsed(), final,
             val_set.bits_per_byte(final) if final is not None else None, best,
             val_set.bits_per_byte(best) if best is not None else None, [LATEST, BEST])))
     return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}

@@ -32,6 +32,7 @@ class LoopState:
     wandb_run_id: str | None = None     # so a resumed run continues the same wandb run
     loader: dict | None = None          # the train loader's state after the last batch trained on
     auto_batch_size: int | None = None  # the micro-batch batch_size=auto chose, so a resume does not probe again
+    budget: dict | None = None          # a time budget's schedule (plan.BudgetState), so the cooldown continues
 
 
 # What a resume reads besides the model; each is written by training_checkpoint.

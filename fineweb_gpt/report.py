@@ -116,7 +116,7 @@ class RunSummary:
     out_dir: str
     first_step: int                 # the step this invocation started from (0, or a resume's)
     last_step: int                  # the step the run reached
-    max_iters: int
+    max_iters: int | None           # None: a time-budgeted run stopped before its clock ran out
     tokens_per_step: int
     elapsed: float                  # seconds of training across resumes
     final_val_loss: float | None    # None when the run stopped between evals
@@ -129,8 +129,8 @@ class RunSummary:
 def run_summary(s: RunSummary) -> str:
     """The last lines of a run: steps, tokens, time, losses, where the checkpoints are, what to run next."""
     bpb = lambda v: f" ({v:.4f} bits per byte)" if v is not None else ""  # noqa: E731
-    done = s.last_step >= s.max_iters
-    status = "finished" if done else f"stopped at step {s.last_step:,} of {s.max_iters:,}"
+    done = s.max_iters is not None and s.last_step >= s.max_iters
+    status = "finished" if done else f"stopped at step {s.last_step:,}" + (f" of {s.max_iters:,}" if s.max_iters else "")
     resumed = f" (this session: from step {s.first_step:,})" if s.first_step else ""
     lines = [f"run {status}: {plural(s.last_step, 'step')}{resumed}, {count(s.last_step * s.tokens_per_step)} tokens, "
              f"{duration(s.elapsed)} of training"]

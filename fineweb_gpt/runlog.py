@@ -92,10 +92,11 @@ class RunLog:
 
 
 class Clock:
-    """Seconds of training across resumes: those saved in the checkpoint plus this process's since start."""
+    """Seconds of the run across resumes: those saved in the checkpoint plus this process's since `start`
+    (by default now)."""
 
-    def __init__(self, before: float):
-        self.before, self.start = before, time.time()
+    def __init__(self, before: float, start: float | None = None):
+        self.before, self.start = before, time.time() if start is None else start
 
     def elapsed(self) -> float:
         return self.before + time.time() - self.start

@@ -1,0 +1,120 @@
+"""The depth dial and the time budget through train.py: the keys the dial sets, depth=auto's choice from
+(injected) speeds, and a budgeted run that ends on time with its cooldown done, resumed or not."""
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import train
+from configurator import ConfigError, parse_config
+from conftest import ROOT, TINY, metrics, run_train
+from fineweb_gpt import plan
+from fineweb_gpt.distributed import Env
+from fineweb_gpt.runlog import Clock
+from model import count_params
+
+
+def config(*args):
+    return parse_config(train.TrainConfig, ["--device=cpu", *args])
+
+
+def test_the_dial_sets_shape_horizon_batch_and_rates():
+    cfg, notes = train.dial(config("--depth=6", "--block_size=256", "--batch_size=8"), 6, world_size=1)
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head) == (6, 384, 6)
+    params = count_params(train.model_config(cfg))["total"]
+    assert cfg.total_batch_size % (8 * 256) == 0
+    assert cfg.max_iters == math.ceil(20 * params / cfg.total_batch_size)  # Chinchilla's 20 tokens per parameter
+    scale = (cfg.total_batch_size / 2 ** 19) ** 0.5
+    defaults = train.TrainConfig()
+    assert cfg.learning_rate == pytest.approx(defaults.learning_rate * scale)
+    assert cfg.min_lr == pytest.approx(defaults.min_lr * scale)
+    assert any("max_iters" in n for n in notes)
+
+
+def test_explicit_keys_win_over_the_dial():
+    given = config("--depth=6", "--n_embd=768", "--n_head=12", "--max_iters=50", "--learning_rate=1e-3",
+                   "--total_batch_size=8192", "--block_size=256", "--batch_size=8")
+    cfg, _ = train.dial(given, 6, world_size=1)
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_iters) == (6, 768, 12, 50)
+    assert (cfg.learning_rate, cfg.total_batch_size) == (1e-3, 8192)
+
+
+def test_a_time_budget_replaces_max_iters_and_needs_wsd():
+    with pytest.raises(ConfigError, match="lr_schedule=wsd"):
+        train.check_config(config("--time_budget=1h"))
+    with pytest.raises(ConfigError, match="time_budget"):
+        train.check_config(config("--time_budget=1 hour", "--lr_schedule=wsd"))
+    with pytest.raises(ConfigError, match="depth=auto"):
+        train.check_config(config("--depth=auto"))
+    train.check_config(config("--time_budget=2h30m", "--lr_schedule=wsd", "--max_iters=10"))
+
+
+def test_depth_auto_picks_a_deeper_model_for_a_longer_budget(monkeypatch):
+    """Speeds are injected (no timing): 40 billion parameter-tokens per second, so deeper is slower."""
+    measured = []
+
+    def fake_speed(model, *args):
+        measured.append(model.config.n_layer)
+        return 4e10 / model.num_params()["total"]
+
+    monkeypatch.setattr(plan, "measure_tokens_per_s", fake_speed)
+    chosen = {}
+    for budget in ("1h", "24h"):
+        cfg = config(f"--time_budget={budget}", "--lr_schedule=wsd", "--depth=auto", "--block_size=64",
+                     "--batch_size=2", "--vocab_size=512", "--compile=False")
+        measured.clear()
+        chosen[budget] = train.depth_by_speed(cfg, Env("cpu"), contextlib.nullcontext(), Clock(0.0))
+        assert measured == list(train.AUTO_DEPTHS[:len(measured)])  # increasing depths, stopping at the first misfit
+    assert chosen["24h"] > chosen["1h"]
+
+
+BUDGETED = [*TINY, "--lr_schedule=wsd", "--min_lr=1e-4", "--cooldown_frac=0.3", "--eval_interval=25",
+            "--log_interval=1"]
+
+
+def last_update(out) -> dict:
+    return [r for r in metrics(out) if "lr" in r][-1]
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_ends_on_time_with_its_cooldown_done(synthetic_shards, tmp_path):
+    start = time.time()
+    run_train(synthetic_shards, tmp_path, "--lr_schedule=wsd", "--min_lr=1e-4", "--cooldown_frac=0.3",
+              "--eval_interval=25", "--time_budget=15s")
+    took = time.time() - start
+    assert 13.5 <= took <= 16.5, took  # within 10% of the budget, set-up, evals and the last checkpoint included
+    assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)  # the schedule at its end value
+    assert max(r["lr"] for r in metrics(tmp_path) if "lr" in r) == pytest.approx(3e-3)  # the stable phase ran
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_interrupted_and_resumed_still_ends_within_it(synthetic_shards, tmp_path):
+    args = [sys.executable, os.path.join(ROOT, "train.py"), *BUDGETED, f"--data_dir={synthetic_shards}",
+            f"--out_dir={tmp_path}", "--time_budget=16s"]
+    start = time.time()
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)
+    first.send_signal(signal.SIGINT)  # stops after this step and saves
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    second = subprocess.run([*args, "--init_from=resume"], capture_output=True, text=True, timeout=120)
+    took = time.time() - start
+    assert second.returncode == 0, second.stderr
+    rows = metrics(tmp_path)
+    assert rows[-1]["elapsed"] <= 16 * 1.1 and took <= 16 * 1.1 + 10  # +10 s: the second process's start-up
+    assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_process_stops_at_the_same_step(synthetic_shards, tmp_path):
+    """Each process takes the clock's decision from the same averaged numbers; one that stopped alone would
+    leave the others waiting in a collective until the timeout."""
+    from test_multinode import run, torchrun
+    run(torchrun(2, "--lr_schedule=wsd", "--min_lr=1e-4", "--eval_interval=25", f"--data_dir={synthetic_shards}",
+                 f"--out_dir={tmp_path}", "--time_budget=12s", launcher=["--standalone"]))
+    assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)
