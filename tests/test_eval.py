@@ -101,6 +101,7 @@ def test_scores_follow_the_models_preference(preferring_run, capsys):
     assert "not comparable" in printed and "acc_norm 0.3114" in printed  # a subset, next to the references
 
 
+@pytest.mark.slow  # builds two transformers exports
 def test_log_likelihoods_equal_the_hf_exports(preferring_run, tiktoken_cache):
     from fineweb_gpt.hf_interop import to_hf_model
     model, _, _ = preferring_run

@@ -62,6 +62,7 @@ def test_resume_continues_exactly(synthetic_shards, tmp_path, recipe):
     assert all(torch.equal(whole[k], split[k]) for k in whole)
 
 
+@pytest.mark.slow  # two training runs
 def test_resume_from_an_older_checkpoint_replays_without_duplicate_metrics(synthetic_shards, tmp_path):
     # a run killed at step 6 after its step-4 checkpoint: resuming redoes steps 4 and 5 exactly
     common = ["--eval_interval=4", "--lr_decay_iters=8"]
