@@ -206,8 +206,8 @@ def load_items(cfg: EvalConfig) -> list[dict]:
     if cfg.data_file:
         docs = read_items(cfg.data_file)
     else:
+        import datasets
         try:
-            import datasets
             docs = list(datasets.load_dataset(HELLASWAG_HUB_ID, split="validation"))
         except Exception as e:  # no connection, hub errors: all say the same thing to the user
             first = (str(e).strip().splitlines() or [""])[0][:150]

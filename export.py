@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from fineweb_gpt import runlock, tokenizer
 from fineweb_gpt.atomic import os_error_reason, staged_dir
 from configurator import key, run_main
+from fineweb_gpt.checkpoint import BEST, LATEST
 from fineweb_gpt.errors import UserError
+from fineweb_gpt.runlog import METRICS
 from fineweb_gpt.hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
 from fineweb_gpt.inference import load_for_inference
 
@@ -42,7 +44,7 @@ try:  # safetensors reports a failed write with its own exception type
     WRITE_ERRORS: tuple = (SafetensorError,)
 except ImportError:
     WRITE_ERRORS = ()
-RUN_FILES = ("ckpt.pt", "ckpt_best.pt", "metrics.jsonl")  # what marks a training run's out_dir
+RUN_FILES = (LATEST, BEST, METRICS)  # what marks a training run's out_dir
 
 
 def check_target(hf_dir: str, overwrite: bool) -> None:
@@ -109,8 +111,9 @@ def write_export(cfg: ExportConfig) -> str:
             write_files(hf_model, tok_record, cfg.tokenizer_files, staging)
     except (OSError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
         raise ExportError(f"could not write the export into --hf_dir={cfg.hf_dir} ({os_error_reason(e)})") from e
+    source = f"step {loaded.step} of {cfg.out_dir}" if loaded.step is not None else cfg.out_dir
     print(f"wrote {cfg.hf_dir}: {arch}, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "
-          f"from step {loaded.step} of {cfg.out_dir}")
+          f"from {source}")
     return cfg.hf_dir
 
 

@@ -7,14 +7,14 @@
 Top to bottom: the config keys; one function per set-up stage (device, data, model, optimizer,
 batch, resume, compile/DDP); the eval and checkpoint helpers; then train(), which runs the stages in
 order and holds the loop and its update step. What the loop uses lives with its concern in
-fineweb_gpt/: the lr schedule (schedule.py), the batch arithmetic (batch.py), the checkpoint layout and
-loop state (checkpoint.py), the run log and metrics.jsonl (runlog.py), the stop signal (stop_signal.py).
+fineweb_gpt/: the lr schedule (schedule.py), when the run ends and the depth dial (plan.py), the batch
+arithmetic (batch.py), the checkpoint layout and loop state (checkpoint.py), the run log and metrics.jsonl
+(runlog.py), the stop signal (stop_signal.py).
 `python train.py --help` lists every key.
 """
 from __future__ import annotations
 
 import collections
-import datetime
 import gc
 import itertools
 import math
@@ -28,11 +28,11 @@ from typing import NoReturn
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import ConfigError, check_values, explicit_keys, key, keys_of, parse_config
+from configurator import ConfigError, check_values, key, keys_of, parse_config
 from fineweb_gpt import distributed, hardware, plan, schedule, tokenizer
 from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from fineweb_gpt.atomic import publish_copy
-from fineweb_gpt.autobatch import NothingFits
+from fineweb_gpt.autobatch import NothingFits, is_out_of_memory
 from fineweb_gpt.batch import auto_batch_size, resolve_batch
 from fineweb_gpt.checkpoint import (BEST, LATEST, LoopState, build_model, load_checkpoint, loop_state,
                                     rng_state, save_checkpoint, set_rng_state, training_checkpoint)
@@ -43,7 +43,7 @@ from fineweb_gpt.distributed import Env
 from fineweb_gpt.errors import UserError, raised_as
 from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
 from fineweb_gpt.optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
-from fineweb_gpt.runlog import Clock, RunLog, duration, eta, out_dir_failed, short_count
+from fineweb_gpt.runlog import Clock, RunLog, duration, out_dir_failed, short_count
 from fineweb_gpt.stop_signal import StopFlag
 from model import GPT, GPTConfig, count_params
 
@@ -148,7 +148,7 @@ def check_config(cfg: TrainConfig) -> None:
     between = []
     if cfg.min_lr > cfg.learning_rate:
         between.append(f"min_lr={cfg.min_lr} exceeds learning_rate={cfg.learning_rate}: the schedule decays to min_lr")
-    if cfg.batch_size == "auto" and cfg.depth == 0 and (not cfg.total_batch_size or cfg.gradient_accumulation_steps):
+    if cfg.batch_size == "auto" and ((cfg.depth == 0 and not cfg.total_batch_size) or cfg.gradient_accumulation_steps):
         between.append("batch_size=auto needs total_batch_size (tokens per update, which the micro-batch must not "
                        "change) and derives gradient_accumulation_steps from it: set total_batch_size, leave "
                        "gradient_accumulation_steps at 0")
@@ -239,37 +239,17 @@ def apply_depth(cfg: TrainConfig, env: Env, amp, ckpt: dict | None, clock: Clock
     if cfg.depth == 0:
         return cfg
     depth = cfg.depth
-    if depth == "auto":
-        depth = ckpt["config"]["depth"] if ckpt is not None else depth_by_speed(cfg, env, amp, clock)
-    dialled, notes = dial(cfg, depth, env.world_size)
+    if depth == "auto" and ckpt is not None:
+        depth = ckpt["config"].get("depth") or 0
+        if not depth:
+            env.print0("depth=auto: the run being resumed did not use the depth dial; its keys stay as they were")
+            return cfg
+    elif depth == "auto":
+        depth = depth_by_speed(cfg, env, amp, clock)
+    dialled, notes = plan.dial(cfg, depth, env.world_size, model_config)
     env.print0(f"depth {depth}: " + "; ".join(notes))
+    check_config(dialled)  # the dial's learning rates against an explicit min_lr, and the like
     return dialled
-
-
-def dial(cfg: TrainConfig, depth: int, world_size: int) -> tuple[TrainConfig, list[str]]:
-    """cfg with the keys the depth dial sets (those not set explicitly), and what it set, in words."""
-    explicit = explicit_keys(cfg)
-    shape = {k: v for k, v in plan.shape_for_depth(depth).items() if k not in explicit}
-    out = replace(cfg, depth=depth, **shape)
-    params = count_params(model_config(out))["total"]
-    tokens = plan.horizon_tokens(params, cfg.tokens_per_param)
-    notes = [", ".join(f"{k}={v}" for k, v in shape.items()) or "shape set explicitly",
-             f"{params / 1e6:.1f}M parameters, compute-optimal {tokens:,} tokens ({cfg.tokens_per_param:g} per parameter)"]
-    if not explicit & {"total_batch_size", "gradient_accumulation_steps"}:
-        reference = count_params(model_config(replace(out, **plan.shape_for_depth(plan.REFERENCE_DEPTH))))["total"]
-        unit = cfg.block_size * world_size * (cfg.batch_size if cfg.batch_size != "auto" else 1)
-        batch = plan.batch_for_horizon(tokens, plan.horizon_tokens(reference, cfg.tokens_per_param))
-        batch = max(1, round(batch / unit)) * unit  # a whole number of micro-batches on every process
-        scale = plan.lr_scale_for_batch(batch)
-        lrs = [k for k in ("learning_rate", "embedding_lr", "head_lr", "scalar_lr") if k not in explicit]
-        lrs += ["min_lr"] if "learning_rate" in lrs and "min_lr" not in explicit else []
-        out = replace(out, total_batch_size=batch, **{k: getattr(cfg, k) * scale for k in lrs})
-        notes.append(f"{batch:,} tokens per update" + (f", learning rates x{scale:.3g} ({', '.join(lrs)})" if lrs else ""))
-    if not cfg.time_budget and "max_iters" not in explicit:
-        out = replace(out, max_iters=math.ceil(tokens / (out.total_batch_size or resolve_batch(out, world_size)[1])))
-        notes.append(f"max_iters={out.max_iters:,}")
-    out.explicit_keys = explicit
-    return out, notes
 
 
 AUTO_DEPTHS = (2, 4, 6, 8, 10, 12, 16, 20, 24, 32)  # depth=auto measures these in turn, until one does not fit
@@ -282,24 +262,30 @@ def depth_by_speed(cfg: TrainConfig, env: Env, amp, clock: Clock) -> int:
     budget = plan.parse_duration(cfg.time_budget)
     candidates = []
     for depth in AUTO_DEPTHS:
-        trial, _ = dial(cfg, depth, env.world_size)
+        trial, _ = plan.dial(cfg, depth, env.world_size, model_config)
         model = GPT(model_config(trial)).to(env.device).train()
         set_memory_options(model, trial, env)
         optimizer, _ = make_optimizer(model, optimizer_settings(trial))
         compiled = torch.compile(model) if hardware.pick_compile(trial.compile, env.device)[0] else model
+        tok_per_s = 0.0
         try:
             size = trial.batch_size if trial.batch_size != "auto" else \
                 auto_batch_size(trial, env, compiled, optimizer, amp, None)
             tok_per_s = plan.measure_tokens_per_s(compiled, optimizer, amp, env.device, size, trial.block_size,
                                                   SPEED_STEPS)
-        except (torch.OutOfMemoryError, NothingFits):  # deeper models will not fit either
+        except (RuntimeError, NothingFits) as e:
+            if not isinstance(e, NothingFits) and not is_out_of_memory(e):
+                raise
+        if env.any(tok_per_s == 0.0):  # out of memory on some process: deeper models will not fit either
             env.print0(f"depth=auto: depth {depth} does not fit in memory at batch_size={trial.batch_size}")
             break
-        tok_per_s = env.all_mean(torch.tensor(tok_per_s, device=env.device)).item() * env.world_size
-        candidates.append(plan.DepthCandidate(depth, model.num_params()["total"], tok_per_s,
-                                              budget - clock.elapsed(), cfg.tokens_per_param))
+        # every process takes the same numbers, so all choose the same depth
+        tok_per_s, elapsed = env.all_mean(torch.tensor([tok_per_s, clock.elapsed()], device=env.device)).tolist()
+        candidates.append(plan.DepthCandidate(depth, model.num_params()["total"], tok_per_s * env.world_size,
+                                              budget - elapsed, cfg.tokens_per_param))
         del model, optimizer, compiled
         gc.collect()  # the next depth's model takes this one's place
+        torch._dynamo.reset()  # each depth compiles anew: no recompile limit reached, no stale graphs
         if env.device.startswith("cuda"):
             torch.cuda.empty_cache()
         if not candidates[-1].fits:
@@ -397,7 +383,7 @@ def check_can_continue(ckpt: dict, state: LoopState, cfg: TrainConfig, env: Env)
         raise ConfigError(f"the checkpoint was trained with optimizer={saved_optimizer}, this run asks for "
                           f"optimizer={cfg.optimizer}: its optimizer state cannot carry over; resume with "
                           f"--optimizer={saved_optimizer}, or start a new run in another --out_dir")
-    change = schedule.describe_change(state.step, TrainConfig(**ckpt["config"]), cfg)
+    change = None if cfg.time_budget else schedule.describe_change(state.step, TrainConfig(**ckpt["config"]), cfg)
     if change:
         env.print0(f"resume: {change}")
     env.print0(f"resume: from step {state.step} of {cfg.out_dir}/{LATEST}, best val loss {state.best_val_loss:.4f}")
@@ -488,49 +474,6 @@ def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) ->
         f"use dtype=bfloat16, then rerun (or --init_from=resume from the last checkpoint)")
 
 
-def make_budget(cfg: TrainConfig, state: LoopState) -> plan.BudgetSchedule | None:
-    """time_budget's clock-driven schedule, continuing a resumed run's (None: max_iters decides)."""
-    if not cfg.time_budget:
-        return None
-    saved = plan.BudgetState(**state.budget) if state.budget else None
-    return plan.BudgetSchedule(plan.parse_duration(cfg.time_budget), cfg.learning_rate, cfg.min_lr,
-                               cfg.warmup_iters, cfg.cooldown_frac, saved)
-
-
-def budget_step(budget: plan.BudgetSchedule, state: LoopState, clock: Clock, step_times, eval_s: float,
-                cfg: TrainConfig, env: Env) -> tuple[float, bool, bool]:
-    """(lr, whether to stop now, whether this is the last update) from the clock. Every process takes the
-    same decision from the same numbers (averaged over the processes), so all stop at the same step."""
-    times = sorted(step_times)
-    pace = times[len(times) // 2] + eval_s / cfg.eval_interval if times else 0.0  # median update, evals amortised
-    elapsed, pace, eval_s = env.all_mean(torch.tensor([clock.elapsed(), pace, eval_s], device=env.device)).tolist()
-    decision = budget.decide(state.step, elapsed, pace if times else None, eval_s)
-    state.budget = asdict(budget.state)
-    if len(times) == 5 and not decision.last_step:  # once the pace is known: the plan in steps and tokens
-        env.print0(describe_plan(cfg, env, clock, pace, decision.updates_left))
-    return decision.lr, decision.last_step, decision.updates_left == 1
-
-
-def describe_plan(cfg: TrainConfig, env: Env, clock: Clock, pace: float | None = None,
-                  updates_left: int | None = None) -> str:
-    """The run's plan in one line: steps, tokens, tokens per parameter and when it ends."""
-    params = count_params(model_config(cfg))["total"]
-    per_update = cfg.total_batch_size or resolve_batch(cfg, env.world_size)[1]
-    if not cfg.time_budget:
-        tokens = cfg.max_iters * per_update
-        return (f"plan: {cfg.max_iters:,} steps x {per_update:,} tokens = {short_count(tokens)} tokens, "
-                f"{tokens / params:.2f} per parameter ({params / 1e6:.1f}M parameters)")
-    budget = plan.parse_duration(cfg.time_budget)
-    end = datetime.datetime.now() + datetime.timedelta(seconds=budget - clock.elapsed())
-    if pace is None:
-        return (f"plan: train for {duration(budget)} in all ({duration(clock.elapsed())} spent), ending by "
-                f"{end:%H:%M:%S} with the cooldown over the last {cfg.cooldown_frac:.0%}; steps and tokens follow "
-                f"from the pace, measured over the first updates")
-    tokens = updates_left * per_update
-    return (f"plan: at {pace:.3g} s per update, about {updates_left:,} more updates = {short_count(tokens)} more "
-            f"tokens ({params / 1e6:.1f}M parameters), ending by {end:%H:%M:%S}")
-
-
 # ------------------------------------------------------------------ the run
 
 def train(cfg: TrainConfig) -> dict:
@@ -543,12 +486,14 @@ def train(cfg: TrainConfig) -> dict:
         refuse_to_overwrite(cfg)
         dtype, amp = setup_device(cfg, env, device_reason)
         ckpt = checkpoint_to_resume(cfg, env)
+        for split in ("train", "val") if not cfg.plan_only else ():  # missing data is reported now, not after
+            find_shards(data_dir_of(cfg), split)                     # minutes of depth=auto or batch_size=auto
         cfg = apply_depth(cfg, env, amp, ckpt, Clock(0.0, started))  # a resume keeps the depth its run chose
-        if cfg.plan_only:
-            env.print0(describe_plan(cfg, env, Clock(0.0, started)))
+        if cfg.plan_only:  # the plan, then stop (no data needed)
+            params = count_params(model_config(cfg))["total"]
+            per_update = cfg.total_batch_size or resolve_batch(cfg, env.world_size)[1]
+            env.print0(plan.Horizon(cfg, LoopState(), env, Clock(0.0, started), params, per_update).describe())
             return {"plan": asdict(cfg)}
-        for split in ("train", "val"):  # missing data is reported now, not after minutes of batch_size=auto probing
-            find_shards(data_dir_of(cfg), split)
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
         state = loop_state(ckpt, os.path.join(cfg.out_dir, LATEST))  # where the loop starts
         clock = Clock(state.elapsed, started)  # a time budget counts the time spent before a resume, and set-up
@@ -562,28 +507,26 @@ def train(cfg: TrainConfig) -> dict:
         train_loader, val_set, tok_record = load_data(cfg, env)
         check_data_fits(raw_model, tok_record, train_loader, val_set)
         restore(ckpt, state, cfg, env, optimizer, scaler, train_loader, dtype)
+        model = wrap_ddp(compiled, env)
         log = RunLog(cfg, env, state.step if ckpt else None, state.wandb_run_id,
                      {"config": asdict(cfg), "model": asdict(raw_model.config), "tokens_per_step": tokens_per_step,
                       "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device),
                       "tokenizer": tok_record})  # plot.py shows reference curves only for runs on their tokenizer
         state.wandb_run_id = log.wandb.id or state.wandb_run_id
         flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
-        stop, start_step, budget, eval_s = StopFlag(), state.step, make_budget(cfg, state), 0.0
-        if budget is not None:
-            env.print0(describe_plan(cfg, env, clock))
+        start_step, eval_s = state.step, 0.0
+        horizon = plan.Horizon(cfg, state, env, clock, raw_model.num_params()["total"], tokens_per_step)
+        if cfg.time_budget:
+            env.print0(horizon.describe())
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
         last_loss = val_loss = val_step = budget_end = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
-        model = wrap_ddp(compiled, env)
+        stop = StopFlag()  # from here on, the finally below closes the log and restores the signal handlers
         try:
             x, y, batch_state = train_loader.next_batch()
             for step in itertools.count(start_step):
                 state.step, state.elapsed = step, clock.elapsed()
-                if budget is None:  # max_iters decides, or the clock
-                    lr, last_step, final_update = (schedule.get_lr(step, cfg), step == cfg.max_iters,
-                                                   step == cfg.max_iters - 1)
-                else:
-                    lr, last_step, final_update = budget_step(budget, state, clock, step_times, eval_s, cfg, env)
+                lr, last_step, final_update = horizon.at(step, step_times, eval_s)  # max_iters or the clock decides
                 row = {"step": step, "tokens": step * tokens_per_step}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)
@@ -637,8 +580,6 @@ def train(cfg: TrainConfig) -> dict:
                 step_times.append(dt)
 
                 if step % cfg.log_interval == 0 or final_update:  # the last update too: curves end with the run
-                    time_left = eta(list(step_times), cfg.max_iters - step - 1) if budget is None else \
-                        duration(budget.budget_s - clock.elapsed())
                     mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,
@@ -647,7 +588,7 @@ def train(cfg: TrainConfig) -> dict:
                                f"{tokens_per_step / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
                                f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms | "
                                f"{short_count((step + 1) * tokens_per_step)} tokens | "
-                               f"ETA {time_left}")
+                               f"ETA {horizon.time_left(step, step_times)}")
                 if len(row) > 2:
                     log.record(row)
                 if env.any(stop.signal is not None):  # every rank stops at the same step
@@ -662,11 +603,11 @@ def train(cfg: TrainConfig) -> dict:
         final = val_loss if val_step == state.step else None  # a stop between evals has no val loss of its step
         best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
         env.print0(report.run_summary(report.RunSummary(
-            cfg.out_dir, start_step, state.step, cfg.max_iters if budget is None else budget_end, tokens_per_step,
+            cfg.out_dir, start_step, state.step, cfg.max_iters if not cfg.time_budget else budget_end, tokens_per_step,
             clock.elapsed(), final,
             val_set.bits_per_byte(final) if final is not None else None, best,
             val_set.bits_per_byte(best) if best is not None else None, [LATEST, BEST])))
-    return {"step": step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}
+    return {"step": state.step, "loss": last_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss}
 
 
 def fail(message: str) -> NoReturn:

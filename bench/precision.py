@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/, for re
 import torch  # noqa: E402
 
 import recipe  # noqa: E402
-from configurator import ConfigError, key, parse_config  # noqa: E402
+from configurator import key, run_main  # noqa: E402
 from fineweb_gpt import hardware  # noqa: E402
 from fineweb_gpt.optimizer import make_optimizer  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -127,7 +127,4 @@ def main(b: PrecisionBenchConfig) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_config(PrecisionBenchConfig, sys.argv[1:], "bench/precision.py"))
-    except (ConfigError, ValueError) as e:
-        sys.exit(f"bench/precision.py: error: {e}")
+    run_main(PrecisionBenchConfig, "bench/precision.py", main)

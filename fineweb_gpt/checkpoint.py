@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from fineweb_gpt.atomic import atomic_write, os_error_reason
+from fineweb_gpt.atomic import atomic_write, find_os_error, os_error_reason
 from fineweb_gpt.errors import UserError, raised_as
 from model import GPT, GPTConfig
 
@@ -57,6 +57,8 @@ def save_checkpoint(state: dict, path: str) -> None:
         with atomic_write(path) as f:
             torch.save(state, f)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError, not an OSError
+        if not isinstance(e, OSError) and find_os_error(e) is None and "PytorchStreamWriter" not in str(e):
+            raise  # not a write that failed: a bug, with its traceback
         raise CheckpointError(
             f"could not write the checkpoint {path} ({os_error_reason(e)}). {os.path.basename(path)} as it was "
             f"before this save is intact (saves are atomic); once that is fixed, continue with "

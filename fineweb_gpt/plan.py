@@ -18,11 +18,18 @@ The pace is re-measured every step, so a slower or faster stretch moves the end,
 """
 from __future__ import annotations
 
+import datetime
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
 
-from configurator import ConfigError
+from configurator import ConfigError, explicit_keys
+from fineweb_gpt import schedule
+from fineweb_gpt.batch import resolve_batch
+from fineweb_gpt.report import duration
+from fineweb_gpt.runlog import eta, short_count
+from model import count_params
 
 TOKENS_PER_PARAM = 20.0   # Hoffmann et al. 2022 (Chinchilla)
 ASPECT_RATIO = 64         # n_embd per layer (nanochat)
@@ -155,9 +162,8 @@ class BudgetSchedule:
         return BudgetDecision(self.state.lr, False, updates_left)
 
     def _warm_lr(self, step: int) -> float:
-        if step < self.warmup_iters:
-            return self.learning_rate * (step + 1) / (self.warmup_iters + 1)
-        return self.learning_rate
+        return schedule.warmup_lr(step, self.learning_rate, self.warmup_iters) if step < self.warmup_iters \
+            else self.learning_rate
 
 
 def measure_tokens_per_s(model, optimizer, amp, device: str, batch_size: int, block_size: int, steps: int) -> float:
@@ -180,3 +186,85 @@ def measure_tokens_per_s(model, optimizer, amp, device: str, batch_size: int, bl
         optimizer.zero_grad(set_to_none=True)
     hardware.synchronize(device)
     return steps * batch_size * block_size / (time.time() - start)
+
+
+def dial(cfg, depth: int, world_size: int, model_config: Callable) -> tuple[Any, list[str]]:
+    """cfg (train.py's TrainConfig) with the keys the depth dial sets, those not set explicitly, and what it
+    set, in words. model_config turns a config into the GPTConfig it describes."""
+    explicit = explicit_keys(cfg)
+    shape = {k: v for k, v in shape_for_depth(depth).items() if k not in explicit}
+    out = replace(cfg, depth=depth, **shape)
+    params = count_params(model_config(out))["total"]
+    tokens = horizon_tokens(params, cfg.tokens_per_param)
+    notes = [", ".join(f"{k}={v}" for k, v in shape.items()) or "shape set explicitly",
+             f"{params / 1e6:.1f}M parameters, compute-optimal {tokens:,} tokens ({cfg.tokens_per_param:g} per parameter)"]
+    if not explicit & {"total_batch_size", "gradient_accumulation_steps"}:
+        reference = count_params(model_config(replace(out, **shape_for_depth(REFERENCE_DEPTH))))["total"]
+        unit = cfg.block_size * world_size * (cfg.batch_size if cfg.batch_size != "auto" else 1)
+        batch = batch_for_horizon(tokens, horizon_tokens(reference, cfg.tokens_per_param))
+        batch = max(1, round(batch / unit)) * unit  # a whole number of micro-batches on every process
+        scale = lr_scale_for_batch(batch)
+        lrs = [k for k in ("learning_rate", "embedding_lr", "head_lr", "scalar_lr") if k not in explicit]
+        lrs += ["min_lr"] if "learning_rate" in lrs and "min_lr" not in explicit else []
+        out = replace(out, total_batch_size=batch, **{k: getattr(cfg, k) * scale for k in lrs})
+        notes.append(f"{batch:,} tokens per update" + (f", learning rates x{scale:.3g} ({', '.join(lrs)})" if lrs else ""))
+    if not cfg.time_budget and "max_iters" not in explicit:
+        out = replace(out, max_iters=math.ceil(tokens / (out.total_batch_size or resolve_batch(out, world_size)[1])))
+        notes.append(f"max_iters={out.max_iters:,}")
+    out.explicit_keys = explicit
+    return out, notes
+
+
+class Horizon:
+    """When the run ends and the learning rate at each step: max_iters and the lr schedule, or the clock
+    (time_budget). The loop asks `at(step, ...)` and never which of the two it is."""
+
+    def __init__(self, cfg, loop_state, env, clock, params: int, tokens_per_step: int):
+        self.cfg, self.loop_state, self.env, self.clock = cfg, loop_state, env, clock
+        self.params, self.tokens_per_step = params, tokens_per_step
+        self.budget = None
+        if cfg.time_budget:
+            saved = BudgetState(**loop_state.budget) if loop_state.budget else None
+            self.budget = BudgetSchedule(parse_duration(cfg.time_budget), cfg.learning_rate, cfg.min_lr,
+                                         cfg.warmup_iters, cfg.cooldown_frac, saved)
+
+    def at(self, step: int, step_times, eval_s: float) -> tuple[float, bool, bool]:
+        """(lr, whether to stop now, whether this step's update is the last). With a budget every process
+        takes the same decision from the same numbers (averaged over the processes), so all stop together."""
+        if self.budget is None:
+            return schedule.get_lr(step, self.cfg), step == self.cfg.max_iters, step == self.cfg.max_iters - 1
+        import torch
+        times = sorted(step_times)
+        pace = times[len(times) // 2] + eval_s / self.cfg.eval_interval if times else 0.0  # evals amortised
+        numbers = torch.tensor([self.clock.elapsed(), pace, eval_s], device=self.env.device)
+        elapsed, pace, eval_s = self.env.all_mean(numbers).tolist()
+        decision = self.budget.decide(step, elapsed, pace if times else None, eval_s)
+        self.loop_state.budget = asdict(self.budget.state)
+        if len(times) == 5 and not decision.last_step:  # once the pace is known: the plan in steps and tokens
+            self.env.print0(self.describe(pace, decision.updates_left))
+        return decision.lr, decision.last_step, decision.updates_left == 1
+
+    def time_left(self, step: int, step_times) -> str:
+        """The log line's ETA: to max_iters at the recent pace, or to the end of the budget."""
+        if self.budget is None:
+            return eta(list(step_times), self.cfg.max_iters - step - 1)
+        return duration(self.budget.budget_s - self.clock.elapsed())
+
+    def describe(self, pace: float | None = None, updates_left: int | None = None) -> str:
+        """The run's plan in one line: steps, tokens, tokens per parameter and when it ends."""
+        cfg, per_update = self.cfg, self.tokens_per_step
+        if not cfg.time_budget:
+            tokens = cfg.max_iters * per_update
+            return (f"plan: {cfg.max_iters:,} steps x {per_update:,} tokens = {short_count(tokens)} tokens, "
+                    f"{tokens / self.params:.2f} per parameter ({self.params / 1e6:.1f}M parameters)")
+        budget = parse_duration(cfg.time_budget)
+        now = datetime.datetime.now()
+        end = now + datetime.timedelta(seconds=budget - self.clock.elapsed())
+        end = f"{end:%H:%M:%S}" if end.date() == now.date() else f"{end:%Y-%m-%d %H:%M}"
+        if pace is None:
+            return (f"plan: train for {duration(budget)} in all ({duration(self.clock.elapsed())} spent), ending by "
+                    f"{end} with the cooldown over the last {cfg.cooldown_frac:.0%}; steps and tokens "
+                    f"follow from the pace, measured over the first updates")
+        return (f"plan: at {pace:.3g} s per update, about {updates_left:,} more updates = "
+                f"{short_count(updates_left * per_update)} more tokens ({self.params / 1e6:.1f}M parameters), "
+                f"ending by {end}")

@@ -80,8 +80,8 @@ def param_group_line(name: str, numel: int, tensors: int, rest: str) -> str:
 
 
 def duration(seconds: float) -> str:
-    """1h02m03s, 4m05s or 6s."""
-    minutes, secs = divmod(int(round(seconds)), 60)
+    """1h02m03s, 4m05s or 6s (0s for a time already past)."""
+    minutes, secs = divmod(max(0, int(round(seconds))), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 

@@ -22,6 +22,11 @@ class ScheduleKeys(Protocol):
 SCHEDULE_KEYS = tuple(ScheduleKeys.__annotations__)
 
 
+def warmup_lr(step: int, learning_rate: float, warmup_iters: int) -> float:
+    """The linear warmup: step 0 already moves (1/(warmup_iters+1) of the rate), step warmup_iters reaches it."""
+    return learning_rate * (step + 1) / (warmup_iters + 1)
+
+
 def get_lr(step: int, cfg: ScheduleKeys) -> float:
     """The main group's learning rate at step: linear warmup, then down to min_lr at lr_decay_iters (default
     max_iters), then min_lr. cosine: a half cosine; wsd: learning_rate, then a straight line over the last
@@ -29,7 +34,7 @@ def get_lr(step: int, cfg: ScheduleKeys) -> float:
     if not cfg.decay_lr:
         return cfg.learning_rate
     if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+        return warmup_lr(step, cfg.learning_rate, cfg.warmup_iters)
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
     if cfg.lr_schedule == "wsd":
         cooldown = max(1, round(cfg.cooldown_frac * decay_iters))

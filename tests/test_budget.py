@@ -24,7 +24,7 @@ def config(*args):
 
 
 def test_the_dial_sets_shape_horizon_batch_and_rates():
-    cfg, notes = train.dial(config("--depth=6", "--block_size=256", "--batch_size=8"), 6, world_size=1)
+    cfg, notes = plan.dial(config("--depth=6", "--block_size=256", "--batch_size=8"), 6, 1, train.model_config)
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head) == (6, 384, 6)
     params = count_params(train.model_config(cfg))["total"]
     assert cfg.total_batch_size % (8 * 256) == 0
@@ -39,7 +39,7 @@ def test_the_dial_sets_shape_horizon_batch_and_rates():
 def test_explicit_keys_win_over_the_dial():
     given = config("--depth=6", "--n_embd=768", "--n_head=12", "--max_iters=50", "--learning_rate=1e-3",
                    "--total_batch_size=8192", "--block_size=256", "--batch_size=8")
-    cfg, _ = train.dial(given, 6, world_size=1)
+    cfg, _ = plan.dial(given, 6, 1, train.model_config)
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_iters) == (6, 768, 12, 50)
     assert (cfg.learning_rate, cfg.total_batch_size) == (1e-3, 8192)
 
