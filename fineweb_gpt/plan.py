@@ -236,7 +236,8 @@ class Horizon:
         import torch
         times = sorted(step_times)
         pace = times[len(times) // 2] + eval_s / self.cfg.eval_interval if times else 0.0  # evals amortised
-        numbers = torch.tensor([self.clock.elapsed(), pace, eval_s], device=self.env.device)
+        due = eval_s if step % self.cfg.eval_interval == 0 else 0.0  # this step's own eval, about to run
+        numbers = torch.tensor([self.clock.elapsed() + due, pace, eval_s], device=self.env.device)
         elapsed, pace, eval_s = self.env.all_mean(numbers).tolist()
         decision = self.budget.decide(step, elapsed, pace if times else None, eval_s)
         self.loop_state.budget = asdict(self.budget.state)

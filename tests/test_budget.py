@@ -95,10 +95,10 @@ def test_a_budgeted_run_ends_on_time_with_its_cooldown_done(synthetic_shards, tm
 @pytest.mark.slow
 def test_a_budgeted_run_interrupted_and_resumed_still_ends_within_it(synthetic_shards, tmp_path):
     args = [sys.executable, os.path.join(ROOT, "train.py"), *BUDGETED, f"--data_dir={synthetic_shards}",
-            f"--out_dir={tmp_path}", "--time_budget=16s"]
+            f"--out_dir={tmp_path}", "--time_budget=12s"]
     start = time.time()
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)
+    time.sleep(6)
     first.send_signal(signal.SIGINT)  # stops after this step and saves
     out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
@@ -106,7 +106,7 @@ def test_a_budgeted_run_interrupted_and_resumed_still_ends_within_it(synthetic_s
     took = time.time() - start
     assert second.returncode == 0, second.stderr
     rows = metrics(tmp_path)
-    assert rows[-1]["elapsed"] <= 16 * 1.1 and took <= 16 * 1.1 + 10  # +10 s: the second process's start-up
+    assert rows[-1]["elapsed"] <= 12 * 1.1 and took <= 12 * 1.1 + 10  # +10 s: the second process's start-up
     assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)
 
 
@@ -116,5 +116,5 @@ def test_under_torchrun_every_process_stops_at_the_same_step(synthetic_shards, t
     leave the others waiting in a collective until the timeout."""
     from test_multinode import run, torchrun
     run(torchrun(2, "--lr_schedule=wsd", "--min_lr=1e-4", "--eval_interval=25", f"--data_dir={synthetic_shards}",
-                 f"--out_dir={tmp_path}", "--time_budget=12s", launcher=["--standalone"]))
+                 f"--out_dir={tmp_path}", "--time_budget=8s", launcher=["--standalone"]))
     assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)
