@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fineweb_gpt.atomic import os_error_reason
 from fineweb_gpt.errors import UserError
 from fineweb_gpt import report
 
@@ -51,8 +52,8 @@ def read_header(path: str) -> tuple[np.dtype, int]:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             raw = f.read(HEADER_BYTES)
-    except OSError as e:
-        raise ShardError(f"cannot read shard {path}: {e.strerror}; {PREPARE_HINT}") from None
+    except OSError as e:  # the system refused (permissions, an I/O error): its words, not a guess at the data
+        raise ShardError(f"cannot read shard {path}: {os_error_reason(e)}") from None
     header = np.frombuffer(raw[: len(raw) // 4 * 4], dtype="<i4")
     if header.size < 3:
         raise ShardError(f"{path} is {size} bytes, too short for a shard header; {PREPARE_HINT}")
@@ -100,7 +101,9 @@ def read_meta(data_dir: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, ValueError) as e:  # unreadable, or cut short: not JSON
+    except OSError as e:  # the system refused: its words
+        raise ShardError(f"cannot read {path} ({os_error_reason(e)})") from e
+    except ValueError as e:  # cut short or not JSON: the data is bad, prepare.py writes it anew
         raise ShardError(f"cannot read {path} ({type(e).__name__}: {e}); {PREPARE_HINT}") from e
 
 

@@ -113,3 +113,10 @@ def test_block_size_larger_than_data_is_explained(tmp_path):
     d = make_dir(tmp_path, tokens=100)
     with pytest.raises(ShardError, match="fewer than one global micro-batch"):
         TrainLoader(d, 4, 64)
+
+
+def test_a_shard_the_system_refuses_says_so_without_blaming_the_data(tmp_path):
+    (tmp_path / "s.bin").mkdir()  # a folder where the shard should be: the system refuses to read it
+    with pytest.raises(ShardError, match=r"cannot read shard .*s\.bin: Is a directory \(EISDIR\)") as e:
+        open_shard(str(tmp_path / "s.bin"))
+    assert "prepare.py" not in str(e.value)

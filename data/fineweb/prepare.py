@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from fineweb_gpt import report, runlock, tokenizer  # noqa: E402
@@ -230,7 +231,8 @@ class Prepare:
                     self._report(self._corrupt(src, row, e))
                 else:  # the system refused (permission, I/O error): no guess about the file's bytes
                     self._report(f"{src.name}: cannot be read after {row} documents ({os_error_reason(e)})")
-            except (EOFError, ValueError, zlib.error, *ZSTD_ERRORS) as e:  # ArrowInvalid is a ValueError
+            except (EOFError, pa.ArrowInvalid, UnicodeDecodeError, json.JSONDecodeError, zlib.error,
+                    *ZSTD_ERRORS) as e:  # the file's bytes are bad; any other error is a bug, with its traceback
                 self._report(self._corrupt(src, row, e))
 
     @staticmethod
