@@ -54,6 +54,7 @@ def test_a_time_budget_replaces_max_iters_and_needs_wsd():
     train.check_config(config("--time_budget=2h30m", "--lr_schedule=wsd", "--max_iters=10"))
 
 
+@pytest.mark.slow  # builds and steps models up to depth 8
 def test_depth_auto_picks_a_deeper_model_for_a_longer_budget(monkeypatch):
     """Speeds are injected (no timing): 40 billion parameter-tokens per second, so deeper is slower."""
     measured = []
