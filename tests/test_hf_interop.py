@@ -13,6 +13,7 @@ def _tiny_hf():
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
+@pytest.mark.slow  # builds a transformers GPT-2
 def test_hf_gpt2_weights_load_with_identical_logits():
     hf = _tiny_hf()
     ours = from_hf(hf).eval()

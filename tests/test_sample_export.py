@@ -74,6 +74,7 @@ def test_impossible_sampling_settings_are_refused_together(tmp_path):
                                            "--top_p=0", "--top_k=-3"])
 
 
+@pytest.mark.slow  # an export loaded in transformers
 def test_export_loads_in_transformers_with_the_same_logits_and_text(trained, tiktoken_cache, tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers is needed to load the export")
     hf_dir = str(tmp_path / "hf")
