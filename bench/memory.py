@@ -132,15 +132,20 @@ def run_steps(cfg: MemoryBenchConfig, variant: str) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    return {**timed(step, cfg, cfg.batch_size * cfg.block_size), "optimizer": optimizer_name}
+
+
+def timed(run, cfg: MemoryBenchConfig, tokens: int) -> dict:
+    """run() warmup_steps times untimed, then steps times: tokens/s and ms per call (each call processing
+    `tokens`), the warm-up's seconds, the last loss."""
     t = time.perf_counter()
     for _ in range(cfg.warmup_steps):
-        step()
+        run()
     warmup_s = time.perf_counter() - t
     t = time.perf_counter()
-    losses = [step() for _ in range(cfg.steps)]
+    losses = [run() for _ in range(cfg.steps)]
     dt = (time.perf_counter() - t) / cfg.steps
-    return {"tok_per_s": cfg.batch_size * cfg.block_size / dt, "ms": dt * 1000, "loss": losses[-1],
-            "warmup_s": warmup_s, "optimizer": optimizer_name}
+    return {"tok_per_s": tokens / dt, "ms": dt * 1000, "loss": losses[-1], "warmup_s": warmup_s}
 
 
 def run_loss(cfg: MemoryBenchConfig, variant: str) -> dict:
@@ -160,14 +165,7 @@ def run_loss(cfg: MemoryBenchConfig, variant: str) -> dict:
         x.grad = w.grad = None
         return loss.item()
 
-    t = time.perf_counter()
-    for _ in range(cfg.warmup_steps):
-        forward_backward()
-    warmup_s = time.perf_counter() - t
-    t = time.perf_counter()
-    losses = [forward_backward() for _ in range(cfg.steps)]
-    dt = (time.perf_counter() - t) / cfg.steps
-    return {"tok_per_s": cfg.loss_rows / dt, "ms": dt * 1000, "loss": losses[-1], "warmup_s": warmup_s, "optimizer": "-"}
+    return {**timed(forward_backward, cfg, cfg.loss_rows), "optimizer": "-"}
 
 
 def run_variant(cfg: MemoryBenchConfig) -> None:
