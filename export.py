@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from fineweb_gpt import runlock, tokenizer
-from fineweb_gpt.atomic import os_error_reason, staged_dir
+from fineweb_gpt.atomic import find_os_error, os_error_reason, staged_dir
 from configurator import key, run_main
 from fineweb_gpt.checkpoint import BEST, LATEST
 from fineweb_gpt.errors import UserError
@@ -110,6 +110,8 @@ def write_export(cfg: ExportConfig) -> str:
         with staged_dir(cfg.hf_dir, prefix=".export-") as staging:
             write_files(hf_model, tok_record, cfg.tokenizer_files, staging)
     except (OSError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
+        if not isinstance(e, OSError) and find_os_error(e) is None and "os error" not in str(e):
+            raise  # safetensors failing for another reason than the system's: a bug, with its traceback
         raise ExportError(f"could not write the export into --hf_dir={cfg.hf_dir} ({os_error_reason(e)})") from e
     source = f"step {loaded.step} of {cfg.out_dir}" if loaded.step is not None else cfg.out_dir
     print(f"wrote {cfg.hf_dir}: {arch}, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "

@@ -103,14 +103,18 @@ def load_run(path: str) -> Run:
     config_path = os.path.join(folder, "config.json")
     if not os.path.exists(config_path):
         return Run(name, f"{name} (no config.json)", rows, None, None, False)
-    with open(config_path) as f:
-        record = json.load(f)
-    c = record["config"]
+    try:
+        with open(config_path) as f:
+            record = json.load(f)
+        c = record["config"]
+        tokens_per_step = int(record["tokens_per_step"])
+        shape = record.get("model", c)  # the model's shape (a gpt2* init or a resume overrides the config's)
+        recipe = (f"{shape['n_layer']}L x {shape['n_embd']}, {c.get('optimizer', 'adamw')}/"
+                  f"{c.get('lr_schedule', 'cosine')}, {tokens_per_step:,} tok/step")
+    except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable, cut short, or not train.py's record
+        raise PlotError(f"cannot read {config_path} ({type(e).__name__}: {e}); train.py writes it at start-up: "
+                        f"restore it, or remove it and the run is labelled by its folder") from e
     name = c.get("wandb_run_name") or name
-    tokens_per_step = record.get("tokens_per_step")
-    shape = record.get("model", c)  # the model's shape (a gpt2* init or a resume overrides the config's)
-    recipe = (f"{shape['n_layer']}L x {shape['n_embd']}, {c.get('optimizer', 'adamw')}/{c.get('lr_schedule', 'cosine')}, "
-              f"{tokens_per_step:,} tok/step")
     tokenizer_name, fineweb = describe_data(c, record)
     return Run(name, f"{name}: {recipe}", rows, tokens_per_step, tokenizer_name, fineweb)
 

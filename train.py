@@ -383,7 +383,9 @@ def check_can_continue(ckpt: dict, state: LoopState, cfg: TrainConfig, env: Env)
         raise ConfigError(f"the checkpoint was trained with optimizer={saved_optimizer}, this run asks for "
                           f"optimizer={cfg.optimizer}: its optimizer state cannot carry over; resume with "
                           f"--optimizer={saved_optimizer}, or start a new run in another --out_dir")
-    change = None if cfg.time_budget else schedule.describe_change(state.step, TrainConfig(**ckpt["config"]), cfg)
+    known = {f.name for f in fields(TrainConfig)}  # a key this version no longer has plays no part in the schedule
+    old = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    change = None if cfg.time_budget else schedule.describe_change(state.step, old, cfg)
     if change:
         env.print0(f"resume: {change}")
     env.print0(f"resume: from step {state.step} of {cfg.out_dir}/{LATEST}, best val loss {state.best_val_loss:.4f}")

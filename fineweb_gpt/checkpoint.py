@@ -51,7 +51,8 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """torch.save to path.tmp, fsync, rename over path: a crash leaves the old file or the new one.
+    """torch.save to a temporary name beside path, fsync, rename over path: a crash leaves the old file or
+    the new one.
     A failed write (a full disk, a quota) is a CheckpointError that says so."""
     try:
         with atomic_write(path) as f:

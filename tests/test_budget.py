@@ -29,7 +29,10 @@ def test_the_dial_sets_shape_horizon_batch_and_rates():
     params = count_params(train.model_config(cfg))["total"]
     assert cfg.total_batch_size % (8 * 256) == 0
     assert cfg.max_iters == math.ceil(20 * params / cfg.total_batch_size)  # Chinchilla's 20 tokens per parameter
-    scale = (cfg.total_batch_size / 2 ** 19) ** 0.5
+    reference, _ = plan.dial(config("--block_size=256", "--batch_size=8"), plan.REFERENCE_DEPTH, 1, train.model_config)
+    batch = plan.batch_for_horizon(20 * params, 20 * count_params(train.model_config(reference))["total"])
+    assert cfg.total_batch_size == max(1, round(batch / (8 * 256))) * 8 * 256
+    scale = (cfg.total_batch_size / plan.REFERENCE_BATCH) ** 0.5
     defaults = train.TrainConfig()
     assert cfg.learning_rate == pytest.approx(defaults.learning_rate * scale)
     assert cfg.min_lr == pytest.approx(defaults.min_lr * scale)
@@ -44,7 +47,7 @@ def test_explicit_keys_win_over_the_dial():
     assert (cfg.learning_rate, cfg.total_batch_size) == (1e-3, 8192)
 
 
-def test_a_time_budget_replaces_max_iters_and_needs_wsd():
+def test_a_time_budget_needs_wsd_and_a_duration_and_depth_auto_needs_a_budget():
     with pytest.raises(ConfigError, match="lr_schedule=wsd"):
         train.check_config(config("--time_budget=1h"))
     with pytest.raises(ConfigError, match="time_budget"):
@@ -70,8 +73,12 @@ def test_depth_auto_picks_a_deeper_model_for_a_longer_budget(monkeypatch):
                      "--batch_size=2", "--vocab_size=512", "--compile=False")
         measured.clear()
         chosen[budget] = train.depth_by_speed(cfg, Env("cpu"), contextlib.nullcontext(), Clock(0.0))
-        assert measured == list(train.AUTO_DEPTHS[:len(measured)])  # increasing depths, stopping at the first misfit
-    assert chosen["24h"] > chosen["1h"]
+        # increasing depths, up to and including the first that does not fit
+        assert measured and measured == list(train.AUTO_DEPTHS[:len(measured)])
+        assert measured[-1] == train.AUTO_DEPTHS[train.AUTO_DEPTHS.index(chosen[budget]) + 1]
+    # 4e10 / params tokens/s against 20 * params tokens: depth 2 (0.52M params) fits 1 h, depth 4 (3.4M) does not;
+    # depth 6 (11.0M) fits 24 h, depth 8 (25.6M) does not
+    assert chosen == {"1h": 2, "24h": 6}
 
 
 BUDGETED = [*TINY, "--lr_schedule=wsd", "--min_lr=1e-4", "--cooldown_frac=0.3", "--eval_interval=25",
@@ -102,11 +109,13 @@ def test_a_budgeted_run_interrupted_and_resumed_still_ends_within_it(synthetic_s
     time.sleep(6)
     first.send_signal(signal.SIGINT)  # stops after this step and saves
     out, err = first.communicate(timeout=60)
-    assert first.returncode == 0, err
+    assert first.returncode == 0 and "SIGINT received" in out, err
     second = subprocess.run([*args, "--init_from=resume"], capture_output=True, text=True, timeout=120)
     took = time.time() - start
-    assert second.returncode == 0, second.stderr
+    assert second.returncode == 0 and "resume: from step" in second.stdout, second.stderr
     rows = metrics(tmp_path)
+    elapsed = [r["elapsed"] for r in rows if "elapsed" in r]
+    assert elapsed == sorted(elapsed)  # the resumed run's clock continues from the first's, never restarts
     assert rows[-1]["elapsed"] <= 12 * 1.1 and took <= 12 * 1.1 + 10  # +10 s: the second process's start-up
     assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)
 

@@ -9,6 +9,7 @@ import torch
 import train
 from configurator import parse_config
 from conftest import ROOT
+from fineweb_gpt.distributed import Env
 from model import GPT
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
@@ -22,7 +23,7 @@ def test_training_forward_and_loss_compile_to_one_graph(path, dtype):
     cfg = parse_config(train.TrainConfig, [path, *TINY_SHAPE])
     torch.manual_seed(0)
     model = GPT(train.model_config(cfg)).train()
-    model.chunked_loss = cfg.chunked_loss
+    train.set_memory_options(model, cfg, Env("cpu"))  # the config's chunked loss and checkpointing, as train.py sets them
     tokens = torch.randint(128, (2, 17))
 
     def forward_and_loss(x, y):

@@ -1,8 +1,10 @@
 """float16 with the GradScaler (what GPUs before Ampere get) trains, on CPU here; a run resumes in another
 dtype with a message, never the GradScaler's RuntimeError."""
 import math
+import os
 
 import pytest
+import torch
 
 from conftest import losses, run_train
 
@@ -18,6 +20,8 @@ def test_float16_with_grad_scaler_trains_the_muon_recipe(synthetic_shards, tmp_p
     assert len(steps) == 6 and all(math.isfinite(v) for v in steps.values())
     assert steps[5] < steps[0]  # it learns: chunked loss in fp16 with fp32 accumulation, Muon's update in fp32
     assert math.isfinite(summary["val_loss"])
+    scaler = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["scaler"]
+    assert scaler and scaler["scale"] > 0  # the GradScaler ran: an fp32 or bf16 run saves an empty state
 
 
 @pytest.mark.parametrize("first, second", [("bfloat16", "float16"),

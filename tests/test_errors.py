@@ -141,8 +141,8 @@ def test_export_lets_a_bug_in_building_the_model_through(run_dir, tmp_path, monk
 
 def test_plot_lets_a_bug_through(tmp_path, monkeypatch):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "tokens": 0, "val_loss": 10.0}) + "\n")
-    monkeypatch.setattr(plot, "read_metrics", broken(KeyError("step")))
-    with pytest.raises(KeyError):
+    monkeypatch.setattr(plot, "read_metrics", broken(KeyError("a bug's key")))
+    with pytest.raises(KeyError, match="a bug's key"):
         plot.main([str(tmp_path), f"--out={tmp_path / 'loss.png'}"])
 
 
@@ -219,11 +219,19 @@ def test_sample_eval_and_export_refuse_to_decode_a_small_vocabulary_as_gpt2(tmp_
     assert not (tmp_path / "hf").exists()
 
 
-def test_the_loader_reads_a_checkpoint_with_its_tokenizer_and_step(run_dir):
+def test_the_loader_reads_a_checkpoint_with_its_tokenizer_and_step(run_dir, tmp_path):
     loaded = inference.load_for_inference(str(run_dir))
     assert not loaded.model.training and loaded.step == 3 and loaded.tokenizer == tokenizer.describe(None)
-    best = inference.load_for_inference(str(run_dir), ckpt=str(run_dir / "ckpt.pt"))
-    assert all(torch.equal(a, b) for a, b in zip(best.model.state_dict().values(), loaded.model.state_dict().values()))
+    other = tiny_model(vocab_size=50304)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)  # weights no checkpoint in run_dir holds
+    path = tmp_path / "ckpt_best.pt"
+    checkpoint.save_checkpoint({"model": other.state_dict(), "model_args": asdict(other.config), "loop": {"step": 7},
+                                "tokenizer": tokenizer.describe(None)}, str(path))
+    best = inference.load_for_inference(str(run_dir), ckpt=str(path))  # the file asked for, not out_dir's latest
+    assert best.step == 7
+    assert all(torch.equal(a, b) for a, b in zip(best.model.state_dict().values(), other.state_dict().values()))
 
 
 # ----------------------------------------------------------------------------- publishing a folder

@@ -34,8 +34,11 @@ def train(optimizer_factory, steps: int, params=None) -> list[torch.Tensor]:
 def test_same_update_as_torch_muon_in_bf16():
     ours = train(lambda ps: Muon(ps, lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16, distributed=False), 3)
     theirs = train(lambda ps: torch.optim.Muon(ps, lr=0.02, weight_decay=0.1, adjust_lr_fn="original"), 3)
-    for a, b in zip(ours, theirs):  # same arithmetic; bf16 rounding of a batched norm may differ in the last bit
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+    start = make_params()
+    for a, b, p0 in zip(ours, theirs, start):
+        # same iteration in bf16, but stacked matrices round differently from one at a time: measured here,
+        # the 3-step updates differ by 2-2.5% of their size; a wrong update (coefficients, scale, decay) by far more
+        assert ((a - p0) - (b - p0)).norm() / (b - p0).norm() < 0.05
 
 
 def test_a_stack_equals_one_matrix_at_a_time():

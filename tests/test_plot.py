@@ -85,6 +85,13 @@ def test_bad_input_is_named(run_dir, tmp_path):
         plot.main([])
     with pytest.raises(SystemExit, match="closest|did you mean"):
         plot.main([run_dir, "--log_token=True"])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metrics.jsonl").write_text('{"step": 0, "tokens": 0, "val_loss": 10.8}\n')
+    for text in ("{not json", '{"config": {}}'):  # cut short; not train.py's record
+        (broken / "config.json").write_text(text)
+        with pytest.raises(SystemExit, match=r"cannot read .*config\.json .*restore it, or remove it"):
+            plot.main([str(broken), f"--out={tmp_path / 'x.png'}"])
 
 
 def fake_run(points: list[tuple[int, float, float]], tokens_per_step: int = 1024) -> plot.Run:

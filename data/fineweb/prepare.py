@@ -160,8 +160,6 @@ class Prepare:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if cfg.overwrite:
             clean_out_dir(cfg.out_dir, cfg.prefix)
-        for p in glob.glob(os.path.join(cfg.out_dir, f"{cfg.prefix}_*.bin.tmp")):
-            os.remove(p)  # an interrupted shard; it is rewritten from the saved cursor
         path = os.path.join(cfg.out_dir, PREPARE_STATE)
         existing = glob.glob(os.path.join(cfg.out_dir, f"{cfg.prefix}_*_*.bin"))
         if not os.path.exists(path):
@@ -367,7 +365,7 @@ class Prepare:
         for i, text in enumerate(texts):
             try:
                 parts += [self.enc.encode_to_numpy(text, disallowed_special=()), self.eot]
-            except Exception as e:  # a lone surrogate (UnicodeEncodeError), tiktoken's regex giving up (ValueError)
+            except (UnicodeEncodeError, ValueError) as e:  # a lone surrogate; tiktoken's regex giving up
                 failed.append((i, e))
             except BaseException as e:  # a panic in tiktoken's Rust code (pyo3's PanicException)
                 if type(e).__name__ != "PanicException":

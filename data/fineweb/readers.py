@@ -202,10 +202,11 @@ def download_hf_files(repo: str, files: str) -> list[str]:
 
 def parquet_rows(path: str) -> int | None:
     """Row count from the footer, for the progress bar; None if unreadable (reported when read)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     try:
         return pq.ParquetFile(path).metadata.num_rows
-    except Exception:
+    except (OSError, pa.ArrowInvalid):  # a bad or unreadable file: reading it reports why
         return None
 
 
@@ -381,25 +382,26 @@ def read_txt(path: str, start: int, report: Report) -> Iterator[list]:
 def stream_hf_dataset(dataset: str, config: str, split: str, column: str, start: int,
                       batch_docs: int, report: Report) -> Iterator[list]:
     """Stream documents with `datasets` (no full download)."""
-    try:
-        import datasets
-        ds = datasets.load_dataset(dataset, name=config or None, split=split, streaming=True)
+    import datasets
 
-        def text_of(i: int, row: dict):
-            text = row.get(column)
-            if text is not None and not isinstance(text, str):
-                report(f"{dataset} row {i}: {column!r} is {type(text).__name__} {str(text)[:40]}, not text; pass "
-                       f"--text_column=NAME")
-                return BAD
-            return text
-        yield from batched((text_of(i, row) for i, row in enumerate(ds) if i >= start), batch_docs)
-    except PrepareError:
-        raise
-    except Exception as e:
-        raise PrepareError(
-            f"could not stream {dataset} ({config}, {split}): {type(e).__name__}: {e}\n"
-            f"Check your internet connection and the dataset name, or download parquet files and "
-            f"pass --input=PATH") from None
+    def text_of(i: int, row: dict):
+        text = row.get(column)
+        if text is not None and not isinstance(text, str):
+            report(f"{dataset} row {i}: {column!r} is {type(text).__name__} {str(text)[:40]}, not text; pass "
+                   f"--text_column=NAME")
+            return BAD
+        return text
+
+    def rows() -> Iterator[dict]:  # only loading and streaming are converted: a bug elsewhere keeps its traceback
+        try:
+            ds = datasets.load_dataset(dataset, name=config or None, split=split, streaming=True)
+            yield from ds
+        except Exception as e:  # the hub's and the network's many error types: all say the same thing here
+            raise PrepareError(
+                f"could not stream {dataset} ({config}, {split}): {type(e).__name__}: {e}\n"
+                f"Check your internet connection and the dataset name, or download parquet files and "
+                f"pass --input=PATH") from e
+    yield from batched((text_of(i, row) for i, row in enumerate(rows()) if i >= start), batch_docs)
 
 
 def prefetch(it: Iterator, depth: int = 2) -> Iterator:
