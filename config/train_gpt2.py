@@ -11,7 +11,7 @@
 #          ~2.6 GB of activations (34*B*T*C bytes per layer, Korthikanti et al. 2022, flash attention),
 #          ~4.1 GB for the logits and loss (B*T*vocab*10 bytes): about 9 GB at batch_size=8.
 #          Out of memory? Lower batch_size; the accumulation steps follow from total_batch_size.
-#   tokens: 12,000 updates = 6.3B tokens; python bench.py config/train_fineweb.py measures your speed.
+#   tokens: 12,000 updates = 6.3B tokens; python bench.py config/train_gpt2.py measures your speed.
 out_dir = "out-gpt2"
 dataset = "fineweb"
 eval_interval = 500

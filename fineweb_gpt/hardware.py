@@ -22,7 +22,7 @@ from fineweb_gpt.errors import UserError
 PEAK_BF16_TFLOPS = [
     (r"H200", 989.4),
     (r"H100.*PCIe", 756.5),
-    (r"H100.*NVL", 835.5),                 # 1,671 with sparsity (datasheet), halved: dense
+    (r"H100.*NVL", 835.5),                 # dense: half the 1,671 sparse figure recalled from NVIDIA's datasheet, not checked here
     (r"H100", 989.4),                      # SXM
     (r"A100", 312.0),                      # SXM and PCIe
     (r"\bA10$", 125.0),
