@@ -69,6 +69,20 @@ class GPTConfig:
     tie_embeddings: bool = key(True, "share the token embedding with the output head, as GPT-2")
     logit_softcap: float = key(0.0, "logits = c*tanh(logits/c) with this c (0 = off)", range="[0, inf)")
     zero_init_proj: bool = key(False, "start the projections into the residual stream (attn/mlp c_proj) at zero")
+    # the record line's options (modded-nanogpt, nanochat); each off by default, so the model above is unchanged
+    value_embeds: int = key(0, "value-embedding tables: extra token embeddings mixed into the attention values of "
+                            "the first and last layers (0 = off)", range="[0, inf)")
+    x0_lambdas: bool = key(False, "learned per-layer scalars that scale the residual stream and mix the embedding "
+                           "(x0) back into each block's input")
+    unet_skips: bool = key(False, "U-net skips: the first half's block outputs added, with learned weights, to the "
+                           "second half's inputs")
+    doc_causal: bool = key(False, "attention stays within a document: a token never attends across eot_token")
+    eot_token: int = key(50256, "the token between documents (GPT-2's <|endoftext|>); doc_causal's boundary",
+                         range="[0, inf)")
+    attn_window: int = key(0, "sliding-window length in tokens of the short-window layers (0 = full context)",
+                           range="[0, inf)")
+    window_pattern: str = key("S", "which layers use attn_window, repeated over the layers: S = short (attn_window), "
+                              "L = long (full context)")
 
     def __post_init__(self):
         problems = []

@@ -83,6 +83,9 @@ class TrainConfig(ModelKeys):
                                 range="[0, inf)")
     reprobe_batch_size: bool = key(False, "batch_size=auto on resume: probe again instead of reusing the micro-batch "
                                    "stored in the checkpoint")
+    doc_align: str = key("off", "training rows: 'off' (windows at random offsets), 'bestfit' (whole documents packed "
+                         "best-fit, every row starts at a document) or 'crop' (every row starts at a document, cut at "
+                         "the row's end)", choices=("off", "bestfit", "crop"))
     chunked_loss: bool = key(True, "compute the training loss in chunks, never holding the (B*T, vocab) logits "
                              "(same loss; not with logit_softcap, which needs them)")
     activation_checkpointing: bool = key(False, "recompute each block's activations during backward: far less "
@@ -101,6 +104,14 @@ class TrainConfig(ModelKeys):
     muon_momentum: float = key(0.95, "muon: Nesterov momentum", range="[0, 1)")
     muon_ns_dtype: str = key("auto", "muon: dtype of the Newton-Schulz iteration: 'auto' (bfloat16 where the device "
                              "computes it natively, else float32), 'bfloat16' or 'float32'", choices=hardware.MUON_NS_DTYPES)
+    muon_momentum_start: float = key(0.85, "muon: momentum at step 0 when muon_momentum_warmup is on", range="[0, 1)")
+    muon_momentum_warmup: int = key(0, "muon: steps over which the momentum rises from muon_momentum_start to "
+                                    "muon_momentum (0 = constant muon_momentum)", range="[0, inf)")
+    muon_ns: str = key("jordan", "muon: Newton-Schulz coefficients: 'jordan' (Keller Jordan's quintic, 5 steps) or "
+                       "'polar_express' (Amsel et al. 2025)", choices=("jordan", "polar_express"))
+    muon_normuon: bool = key(False, "muon: NorMuon's per-neuron normalisation of the orthogonalised update")
+    muon_cautious_wd: bool = key(False, "muon: cautious weight decay: decay only the weights whose update points "
+                                 "the same way")
     max_iters: int = key(5000, "optimizer updates in the whole run", range="[0, inf)")
     time_budget: str = key("", "train for this much wall-clock time instead of max_iters: 8h, 90m, 2h30m; set-up, "
                            "evals and checkpoints included, the wsd cooldown timed to end inside it ('' = off)")
