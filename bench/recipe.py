@@ -18,9 +18,11 @@ Results go to out_dir/results.json; each run's metrics.jsonl lies in out_dir/<re
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -36,24 +38,43 @@ from fineweb_gpt.checkpoint import load_checkpoint
 from configurator import ConfigError, key, run_main
 from fineweb_gpt.dataloader import ValSet, find_shards, header_for, open_shard
 from fineweb_gpt.inference import load_for_inference
-from model import GPT
+from model import GPT, count_params
 from fineweb_gpt.optimizer import make_optimizer
 from fineweb_gpt.runlog import METRICS, read_metrics
 from train import TrainConfig, model_config, optimizer_settings, train
 
 # Each recipe's keys; the learning rate (of the block matrices) is swept. "modern" is what config/train_fineweb.py
-# trains: SwiGLU, so that it exports to transformers' Qwen3ForCausalLM. "relu2" is modded-nanogpt's MLP in its
-# place. "softcap" adds a logit softcap, which needs the full logits (the chunked loss cannot apply it).
+# trained before the record line's options: SwiGLU, so that it exports to transformers' Qwen3ForCausalLM.
 MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False, logit_softcap=0.0,
               zero_init_proj=True, bias=False, optimizer="muon", lr_schedule="wsd", cooldown_frac=0.4,
               weight_decay=0.0, beta1=0.8, beta2=0.95)
-RECIPES = {
-    "gpt2": dict(optimizer="adamw", lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95),
-    "modern": MODERN,
-    "relu2": {**MODERN, "mlp": "relu2"},
-    "softcap": {**MODERN, "logit_softcap": 15.0},
+GPT2 = dict(optimizer="adamw", lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95)
+RECIPES = ("gpt2", "modern")  # "modern" is MODERN with the options of --base
+# Options of the modern recipe: a variant is one of them or several joined by "+" (--variants=ve,unet,ve+unet),
+# trained on top of the base recipe. Settings are for the benchmark's shape (4 layers, 245 steps).
+OPTIONS = {
+    "relu2": dict(mlp="relu2"),                       # modded-nanogpt's MLP in place of SwiGLU
+    "softcap": dict(logit_softcap=15.0),              # modded-nanogpt's cap, applied inside the chunked loss
 }
-VARIANTS = ("relu2", "softcap")  # trained at the modern recipe's learning rate unless variant_lrs says otherwise
+
+
+def parse_options(text: str, what: str) -> list[str]:
+    """The option names of a "+"-joined set; an unknown name is a ConfigError that lists the known ones."""
+    names = [v.strip() for v in text.split("+") if v.strip()]
+    unknown = [v for v in names if v not in OPTIONS]
+    if unknown:
+        raise ConfigError(f"{what}: unknown {unknown}; choose from {list(OPTIONS)}")
+    return names
+
+
+def recipe_keys(recipe: str, base: str = "") -> dict:
+    """The TrainConfig keys of a recipe: gpt2, modern (with the base options), or a variant (base + its options)."""
+    if recipe == "gpt2":
+        return GPT2
+    keys = dict(MODERN)
+    for name in parse_options(base, "base") + ([] if recipe == "modern" else parse_options(recipe, "variants")):
+        keys.update(OPTIONS[name])
+    return keys
 
 
 @dataclass
@@ -71,12 +92,15 @@ class RecipeBenchConfig:
     eval_iters: int = key(4, "batches per evaluation, on each half", range="[1, inf)")
     gpt2_lrs: str = key("5e-4,1e-3,2e-3,4e-3", "AdamW learning rates tried for the GPT-2 recipe")
     modern_lrs: str = key("0.02", "Muon learning rates tried for the modern recipe")
-    variants: str = key("relu2", "variants of the modern recipe to train ('' = none; every recipe is timed)")
+    base: str = key("", "options of the modern recipe that every variant builds on, joined by '+' ('' = none)")
+    variants: str = key("relu2", "variants of the modern recipe to train, comma-separated; each an option or options "
+                        "joined by '+' ('' = none)")
     variant_lrs: str = key("", "Muon learning rates of the variants ('' = the modern recipe's choice)")
     train_runs: bool = key(True, "train and compare the recipes; False = only time their steps")
     reuse: bool = key(False, "keep runs of out_dir that finished with the same config instead of training them again")
     timing_steps: int = key(10, "interleaved timed steps per recipe for the time-per-step ratio (0 = skip)",
                             range="[0, inf)")
+    memory: bool = key(True, "measure each chosen recipe's peak RSS over three training steps, each in its own process")
     device: str = key("cpu", "device to train on")
     dtype: str = key("float32", "autocast dtype (bfloat16 is faster only on CPUs with avx512_bf16 or amx)", choices=hardware.DTYPES)
     seed: int = key(1337, "seed of every run (same initial data order)", range="[0, inf)")
@@ -102,13 +126,13 @@ def split_val(data_dir: str, work_dir: str) -> dict[str, str]:
 
 
 def run_config(b: RecipeBenchConfig, recipe: str, lr: float, data_dir: str, out_dir: str) -> TrainConfig:
-    min_lr = 0.0 if RECIPES[recipe]["lr_schedule"] == "wsd" else lr / 10  # WSD cools down to zero
+    keys = recipe_keys(recipe, b.base)
+    min_lr = 0.0 if keys["lr_schedule"] == "wsd" else lr / 10  # WSD cools down to zero
     return TrainConfig(out_dir=out_dir, data_dir=data_dir, n_layer=b.n_layer, n_head=b.n_head, n_embd=b.n_embd,
                        block_size=b.block_size, batch_size=b.batch_size, gradient_accumulation_steps=1,
                        max_iters=b.max_iters, warmup_iters=b.warmup_iters, eval_interval=b.eval_interval,
                        eval_iters=b.eval_iters, log_interval=1, learning_rate=lr, min_lr=min_lr, device=b.device,
-                       dtype=b.dtype, compile=False, seed=b.seed, always_save_checkpoint=False,
-                       **RECIPES[recipe])
+                       dtype=b.dtype, compile=False, seed=b.seed, always_save_checkpoint=False, **keys)
 
 
 @torch.no_grad()
@@ -209,19 +233,43 @@ def parse_lrs(text: str) -> list[float]:
 
 
 def parse_variants(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown:
-        raise ConfigError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    return names
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    for v in variants:
+        parse_options(v, "variants")
+    return variants
+
+
+def timed_recipes(b: RecipeBenchConfig) -> list[str]:
+    return [*RECIPES, *parse_variants(b.variants)]
 
 
 def time_only(b: RecipeBenchConfig) -> dict[str, float]:
-    ms, opt_ms = time_steps(b, {recipe: {"lr": 0.01} for recipe in RECIPES})  # the lr does not change the time
+    ms, opt_ms = time_steps(b, {recipe: {"lr": 0.01} for recipe in timed_recipes(b)})  # the lr does not change the time
     for recipe, t in ms.items():
         print(f"{recipe:8s} {t:7.0f} ms/step  {t / ms['gpt2']:.2f}x GPT-2's  (optimizer step {opt_ms[recipe]:.0f} ms)",
               flush=True)
     return ms
+
+
+PEAK_RSS_CHILD = """
+import importlib.util, json, resource, sys
+spec = importlib.util.spec_from_file_location("bench_recipe", sys.argv[1])
+bench = sys.modules["bench_recipe"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+bench.time_steps(bench.RecipeBenchConfig(**json.loads(sys.argv[2])), {sys.argv[3]: {"lr": 0.01}})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_gib(b: RecipeBenchConfig, recipe: str) -> float:
+    """Peak RSS (GiB) of a fresh process that builds the recipe's model and optimizer and takes three training
+    steps at the benchmark's shape (python and torch included): its own process, so no other recipe counts."""
+    settings = json.dumps({**asdict(b), "timing_steps": 1})  # time_steps' two warm-up steps and one timed
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS_CHILD, os.path.abspath(__file__), settings, recipe],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"measuring {recipe}'s peak memory failed:\n{out.stderr}")
+    return int(out.stdout.split()[-1]) / 2**20  # KiB on Linux
 
 
 def compare(b: RecipeBenchConfig) -> dict:
@@ -232,38 +280,46 @@ def compare(b: RecipeBenchConfig) -> dict:
     data = split_val(b.data_dir, b.out_dir)
     tokens_per_step = b.batch_size * b.block_size
     print(f"{b.n_layer} layers x {b.n_embd} wide, context {b.block_size}, {tokens_per_step:,} tokens/step, "
-          f"{b.max_iters} steps = {b.max_iters * tokens_per_step:,} tokens per run, {b.dtype} on {b.device}", flush=True)
+          f"{b.max_iters} steps = {b.max_iters * tokens_per_step:,} tokens per run, {b.dtype} on {b.device}, "
+          f"base options: {b.base or 'none'}; CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
     runs = [train_run(b, "modern", lr, data) for lr in parse_lrs(b.modern_lrs)]
     runs += [train_run(b, "gpt2", lr, data) for lr in parse_lrs(b.gpt2_lrs)]
     best = lambda recipe: min((r for r in runs if r["recipe"] == recipe), key=lambda r: r["select_loss"])  # noqa: E731
     for variant in parse_variants(b.variants):
         runs += [train_run(b, variant, lr, data) for lr in parse_lrs(b.variant_lrs) or [best("modern")["lr"]]]
-    chosen = {recipe: best(recipe) for recipe in RECIPES if any(r["recipe"] == recipe for r in runs)}
+    chosen = {recipe: best(recipe) for recipe in dict.fromkeys(r["recipe"] for r in runs)}
+    chosen = {"gpt2": chosen.pop("gpt2"), **chosen}
     target = chosen["gpt2"]["final_loss"]
     gpt2_tokens = tokens_to_reach(chosen["gpt2"]["curve"], target)
     # every recipe is timed (the learning rate does not change the time), trained or not
-    ms, opt_ms = time_steps(b, {recipe: chosen.get(recipe, {"lr": 0.01}) for recipe in RECIPES}) \
+    ms, opt_ms = time_steps(b, {recipe: chosen.get(recipe, {"lr": 0.01}) for recipe in timed_recipes(b)}) \
         if b.timing_steps else ({}, {})
     print(f"\nchosen on the select half; losses on the report half; target = GPT-2 recipe's final val {target:.4f}")
-    print("| recipe | lr | val loss at end | tokens to reach target | vs GPT-2 | ms/step | vs GPT-2 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| recipe | lr | val loss at end | tokens to reach target | vs GPT-2 | ms/step | vs GPT-2 | optimizer ms "
+          "| params | peak RSS GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for recipe, r in chosen.items():
         reach = tokens_to_reach(r["curve"], target)
         r["tokens_to_target"], r["ms_per_step"] = reach, ms.get(recipe)
+        r["params"] = count_params(model_config(run_config(b, recipe, r["lr"], "", "")))["total"]
+        r["peak_rss_gib"] = peak_rss_gib(b, recipe) if b.memory else None
         reach_text = f"{reach:,.0f} | {reach / gpt2_tokens:.2f}x" if reach is not None else "not reached | -"
-        time_text = f"{ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x" if ms else "- | -"
-        print(f"| {recipe} | {r['lr']:g} | {r['final_loss']:.4f} | {reach_text} | {time_text} |")
+        time_text = f"{ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x | {opt_ms[recipe]:.0f}" if ms else "- | - | -"
+        rss_text = f"{r['peak_rss_gib']:.2f}" if r["peak_rss_gib"] is not None else "-"
+        print(f"| {recipe} | {r['lr']:g} | {r['final_loss']:.4f} | {reach_text} | {time_text} | "
+              f"{r['params'] / 1e6:.2f}M | {rss_text} |", flush=True)
     for recipe in (r for r in ms if r not in chosen):
-        print(f"| {recipe} | not trained | - | - | - | {ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x |")
-    if opt_ms:
-        print("of which the optimizer step: " + ", ".join(f"{r} {t:.0f} ms" for r, t in opt_ms.items()))
-    print("\nval loss (report half) against tokens:")
+        print(f"| {recipe} | not trained | - | - | - | {ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x | "
+              f"{opt_ms[recipe]:.0f} | - | - |")
+    print("\nval loss (report half) at each evaluation (tokens: the GPT-2 run's):")
     steps = [t for t, _ in chosen["gpt2"]["curve"]]
     print("tokens   " + " ".join(f"{recipe:>8s}" for recipe in chosen))
     for i, tokens in enumerate(steps):
-        print(f"{tokens:<8,d} " + " ".join(f"{r['curve'][i][1]:8.4f}" for r in chosen.values()))
+        print(f"{tokens:<8,d} " + " ".join(f"{r['curve'][i][1]:8.4f}" if i < len(r["curve"]) else f"{'-':>8s}"
+                                           for r in chosen.values()))
     results = {"config": asdict(b), "runs": runs, "chosen": {k: v["lr"] for k, v in chosen.items()},
-               "target": target, "ms_per_step": ms, "optimizer_ms_per_step": opt_ms, "threads": torch.get_num_threads()}
+               "target": target, "ms_per_step": ms, "optimizer_ms_per_step": opt_ms, "threads": torch.get_num_threads(),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     write_json(os.path.join(b.out_dir, "results.json"), results)
     return results
 

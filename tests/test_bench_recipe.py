@@ -19,8 +19,16 @@ def test_tokens_to_reach_interpolates_between_evaluations():
 
 
 def test_an_unknown_variant_is_named():
-    with pytest.raises(ConfigError, match=r"variants: unknown \['qwen'\]; choose from \['relu2', 'softcap'\]"):
-        bench_recipe.parse_variants("relu2,qwen")
+    known = ", ".join(repr(name) for name in bench_recipe.OPTIONS)
+    with pytest.raises(ConfigError, match=rf"variants: unknown \['qwen'\]; choose from \[{known}\]"):
+        bench_recipe.parse_variants("relu2,softcap+qwen")
+
+
+def test_a_variant_is_the_base_recipe_with_its_options_on_top():
+    keys = bench_recipe.recipe_keys("softcap+relu2", base="relu2")
+    assert keys == {**bench_recipe.MODERN, "mlp": "relu2", "logit_softcap": 15.0}
+    assert bench_recipe.recipe_keys("modern", base="softcap")["logit_softcap"] == 15.0
+    assert bench_recipe.recipe_keys("gpt2", base="softcap") == bench_recipe.GPT2
 
 
 @pytest.mark.slow  # three tiny training runs and the timing rounds
@@ -38,6 +46,8 @@ def test_chooses_on_select_reports_on_report_and_reuses_finished_runs(synthetic_
         assert run["select_loss"] != run["final_loss"]  # two different halves of the val split
     assert results["target"] == min(gpt2, key=lambda r: r["select_loss"])["final_loss"]
     assert set(results["ms_per_step"]) == set(bench_recipe.RECIPES)  # untrained variants are timed too
+    chosen = [r for r in results["runs"] if r["lr"] == results["chosen"][r["recipe"]]]
+    assert all(r["params"] > 0 and 0.1 < r["peak_rss_gib"] < 8 for r in chosen)  # each measured in its own process
 
     # a run that finished before train.py gained a key (here: val_batch_size) is kept, not trained again
     ckpt_path = tmp_path / "modern-lr0.02" / "ckpt.pt"
