@@ -76,6 +76,10 @@ class GPTConfig:
     tie_embeddings: bool = key(True, "share the token embedding with the output head, as GPT-2")
     logit_softcap: float = key(0.0, "logits = c*tanh(logits/c) with this c (0 = off)", range="[0, inf)")
     zero_init_proj: bool = key(False, "start the projections into the residual stream (attn/mlp c_proj) at zero")
+    init: str = key("gpt2", "initial weights: 'gpt2' (N(0, 0.02) matrices, with the options above) or 'nanochat' "
+                    "(nanochat's scales: uniform c_attn/c_fc of std 1/sqrt(n_embd) and 0.4/sqrt(n_embd), zero "
+                    "c_proj, embedding N(0, 0.8), head N(0, 0.001); needs tie_embeddings=False)",
+                    choices=("gpt2", "nanochat"))
     # the record line's options (modded-nanogpt, nanochat); each off by default, so the model above is unchanged
     value_embeds: int = key(0, "value-embedding tables (0 = off): table j is mixed into the attention values of "
                             "layer j and of layer n_layer-k+j (k = this value, at most n_layer/2); each table is "
@@ -100,6 +104,9 @@ class GPTConfig:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
             if interval and outside(value, interval):
                 problems.append(f"{f.name} must be in {interval}, got {value!r}")
+        if not problems and self.init == "nanochat" and self.tie_embeddings:
+            problems.append("init='nanochat' gives the token embedding and the output head different scales (0.8 and "
+                            "0.001): set tie_embeddings=False")
         if not problems and 2 * self.value_embeds > self.n_layer:
             problems.append(f"value_embeds={self.value_embeds} needs n_layer >= {2 * self.value_embeds} (each table "
                             f"feeds one of the first and one of the last value_embeds layers); n_layer={self.n_layer} "
@@ -480,6 +487,7 @@ class GPT(nn.Module):
         early layers keep more of the stream and take more of the embedding (nanochat gpt.py init_weights,
         commit 92d63d4; 1.15 and 0.20 at a single layer).
         unet_skips: every skip weight 1 (modded-nanogpt record of 2024-11-10, torch.ones).
+        init='nanochat' replaces the matrices' and embeddings' values with nanochat's (init_as_nanochat).
         """
         c, std = self.config, 0.02
         residual_std = 0.0 if c.zero_init_proj else std / math.sqrt(2 * c.n_layer)
@@ -495,12 +503,30 @@ class GPT(nn.Module):
                 nn.init.normal_(linear.weight, std=weight_std)
                 if linear.bias is not None:
                     nn.init.zeros_(linear.bias)
+        if c.init == "nanochat":
+            self.init_as_nanochat()
         for norm in self.modules():
             if isinstance(norm, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(norm.weight)
                 if getattr(norm, "bias", None) is not None:
                     nn.init.zeros_(norm.bias)
         self.init_record_options()
+
+    @torch.no_grad()
+    def init_as_nanochat(self) -> None:
+        """init='nanochat': nanochat's scales (gpt.py init_weights, commit 92d63d4), in place of the matrices'
+        and embeddings' values above. Token embedding N(0, 0.8); output head N(0, 0.001), small but not zero
+        so the head's gradient reaches the blocks from the first step; c_attn uniform with std 1/sqrt(n_embd)
+        (uniform "to avoid outliers", bound sqrt(3) times the std); c_fc uniform with 0.4 times that std;
+        both c_proj 0, so each block starts as the identity. Biases stay 0."""
+        t, bound = self.transformer, math.sqrt(3 / self.config.n_embd)  # uniform(-b, b) has std b/sqrt(3)
+        nn.init.normal_(t.wte.weight, std=0.8)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for block in t.h:
+            nn.init.uniform_(block.attn.c_attn.weight, -bound, bound)
+            nn.init.uniform_(block.mlp.c_fc.weight, -0.4 * bound, 0.4 * bound)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
 
     @torch.no_grad()
     def init_record_options(self) -> None:

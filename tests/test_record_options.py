@@ -123,3 +123,17 @@ def test_export_to_gpt2_or_qwen3_refuses_the_options(option):
     assert hf_architecture(GPTConfig(**OPTION_SETS["qwen3"])) == "Qwen3ForCausalLM"
     with pytest.raises(ValueError, match=f"{option}=.*needs"):  # neither architecture computes it
         hf_architecture(GPTConfig(**OPTION_SETS["qwen3"], **OPTIONS[option]))
+
+
+def test_nanochat_init_uses_nanochats_scales():
+    model = tiny_model(n_embd=64, **dict(OPTION_SETS["modern"], init="nanochat"))
+    named = dict(model.named_parameters())
+    assert named["transformer.wte.weight"].std().item() == pytest.approx(0.8, rel=0.05)
+    assert named["lm_head.weight"].std().item() == pytest.approx(0.001, rel=0.05)
+    c_attn, c_fc = named["transformer.h.0.attn.c_attn.weight"], named["transformer.h.0.mlp.c_fc.weight"]
+    assert c_attn.std().item() == pytest.approx(64 ** -0.5, rel=0.05)
+    assert c_attn.abs().max().item() <= (3 / 64) ** 0.5  # uniform: bounded
+    assert c_fc.std().item() == pytest.approx(0.4 * 64 ** -0.5, rel=0.05)
+    assert not named["transformer.h.1.attn.c_proj.weight"].any() and not named["transformer.h.1.mlp.c_proj.weight"].any()
+    with pytest.raises(ValueError, match="set tie_embeddings=False"):
+        GPTConfig(init="nanochat")
