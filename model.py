@@ -13,6 +13,13 @@ Options, each picking a module in __init__ so forward reads the same for every c
   tie_embeddings=False  a separate output head
   logit_softcap=c       logits = c * tanh(logits / c) (Gemma 2)
   zero_init_proj=True   the projections into the residual stream start at zero (modded-nanogpt)
+  value_embeds=k        k value-embedding tables: table j's vectors for the input tokens are mixed into the
+                        attention values of layer j and of layer n_layer-k+j (the first k and the last k
+                        layers share them), v = a*v + b*ve with learned a, b per layer (modded-nanogpt)
+  x0_lambdas=True       the embedding is RMS-normed, and before block i x = resid_lambdas[i]*x + x0_lambdas[i]*x0,
+                        x0 being that normed embedding, with learned per-layer scalars (nanochat, modded-nanogpt)
+  unet_skips=True       block j's output (j < n_layer//2) is added, times a learned weight, to the input of block
+                        n_layer-1-j: the first half's outputs in reverse order into the second half (modded-nanogpt)
 The modern recipe (config/train_fineweb.py) uses the modded-nanogpt / nanochat family of these; with
 rope + rmsnorm + qk_norm + swiglu and no bias or softcap the model is a Qwen3 model (fineweb_gpt/hf_interop.py).
 
@@ -69,13 +76,18 @@ class GPTConfig:
     tie_embeddings: bool = key(True, "share the token embedding with the output head, as GPT-2")
     logit_softcap: float = key(0.0, "logits = c*tanh(logits/c) with this c (0 = off)", range="[0, inf)")
     zero_init_proj: bool = key(False, "start the projections into the residual stream (attn/mlp c_proj) at zero")
+    init: str = key("gpt2", "initial weights: 'gpt2' (N(0, 0.02) matrices, with the options above) or 'nanochat' "
+                    "(nanochat's scales: uniform c_attn/c_fc of std 1/sqrt(n_embd) and 0.4/sqrt(n_embd), zero "
+                    "c_proj, embedding N(0, 0.8), head N(0, 0.001); needs tie_embeddings=False)",
+                    choices=("gpt2", "nanochat"))
     # the record line's options (modded-nanogpt, nanochat); each off by default, so the model above is unchanged
-    value_embeds: int = key(0, "value-embedding tables: extra token embeddings mixed into the attention values of "
-                            "the first and last layers (0 = off)", range="[0, inf)")
-    x0_lambdas: bool = key(False, "learned per-layer scalars that scale the residual stream and mix the embedding "
-                           "(x0) back into each block's input")
-    unet_skips: bool = key(False, "U-net skips: the first half's block outputs added, with learned weights, to the "
-                           "second half's inputs")
+    value_embeds: int = key(0, "value-embedding tables (0 = off): table j is mixed into the attention values of "
+                            "layer j and of layer n_layer-k+j (k = this value, at most n_layer/2); each table is "
+                            "vocab_size x n_embd parameters", range="[0, inf)")
+    x0_lambdas: bool = key(False, "RMS-norm the embedding (x0) and, before block i, x = resid_lambdas[i]*x + "
+                           "x0_lambdas[i]*x0 with learned per-layer scalars")
+    unet_skips: bool = key(False, "U-net skips: block j's output (j < n_layer/2) added, with a learned weight, to "
+                           "block n_layer-1-j's input")
     doc_causal: bool = key(False, "attention stays within a document: a token never attends across eot_token")
     eot_token: int = key(50256, "the token between documents (GPT-2's <|endoftext|>); doc_causal's boundary",
                          range="[0, inf)")
@@ -92,6 +104,13 @@ class GPTConfig:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
             if interval and outside(value, interval):
                 problems.append(f"{f.name} must be in {interval}, got {value!r}")
+        if not problems and self.init == "nanochat" and self.tie_embeddings:
+            problems.append("init='nanochat' gives the token embedding and the output head different scales (0.8 and "
+                            "0.001): set tie_embeddings=False")
+        if not problems and 2 * self.value_embeds > self.n_layer:
+            problems.append(f"value_embeds={self.value_embeds} needs n_layer >= {2 * self.value_embeds} (each table "
+                            f"feeds one of the first and one of the last value_embeds layers); n_layer={self.n_layer} "
+                            f"allows value_embeds <= {self.n_layer // 2}")
         if not problems and self.n_embd % self.n_head:
             problems.append(self._head_mismatch())
         elif not problems and self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
@@ -178,8 +197,56 @@ class NoPositions(nn.Module):
         return x
 
 
-class CausalSelfAttention(nn.Module):
+def value_embed_table(layer: int, config: GPTConfig) -> int | None:
+    """The value-embedding table that feeds this layer's attention values, or None: table j feeds layer j and
+    layer n_layer-k+j, so the first k and the last k layers share the k tables (modded-nanogpt's layout)."""
+    k, n = config.value_embeds, config.n_layer
+    if layer < k:
+        return layer
+    return layer - (n - k) if layer >= n - k else None
+
+
+class ValueEmbeddings(nn.Module):
+    """The value-embedding tables (value_embeds of them, each vocab_size x n_embd), looked up once per forward.
+
+    Why modded-nanogpt's layout rather than nanochat's: nanochat gives every other layer its own table (6
+    tables at 12 layers, each about 0.5 GB with AdamW state at 50K x 768), while modded-nanogpt shares k
+    tables between the first and last k layers, so the table count, the memory, is a key of its own that a
+    12 GB card can set to 1 or 2 at any depth. Under value_embeds=0 there are no tables and no layer gets one."""
+
     def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.tables = nn.ModuleList([nn.Embedding(config.vocab_size, config.n_embd) for _ in range(config.value_embeds)])
+        self.table_of_layer = [value_embed_table(i, config) for i in range(config.n_layer)]
+
+    def forward(self, idx: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per layer: its table's vectors (B, T, C) for the tokens idx (B, T), or None."""
+        looked_up = [table(idx) for table in self.tables]
+        return [None if j is None else looked_up[j] for j in self.table_of_layer]
+
+
+class ValueEmbedMix(nn.Module):
+    """v = lambdas[0] * v + lambdas[1] * ve: the attention values mixed with the layer's value embedding
+    (modded-nanogpt, after the value residual learning of Zhou et al. 2024, "ResFormer")."""
+
+    def __init__(self):
+        super().__init__()
+        self.lambdas = nn.Parameter(torch.empty(2))
+
+    def forward(self, v: torch.Tensor, ve: torch.Tensor) -> torch.Tensor:
+        """v (B, T, nh, hs), ve (B, T, C) in the table's dtype (fp32 under autocast: cast to v's)."""
+        return self.lambdas[0] * v + self.lambdas[1] * ve.view_as(v).to(v.dtype)
+
+
+class NoValueEmbed(nn.Module):
+    """A layer without a value-embedding table: the values pass unchanged (ve is None)."""
+
+    def forward(self, v: torch.Tensor, ve: None) -> torch.Tensor:
+        return v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -188,12 +255,16 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
         self.rotary = Rotary(config) if config.pos_emb == "rope" else NoPositions()
+        self.value_mix = ValueEmbedMix() if value_embed_table(layer, config) is not None else NoValueEmbed()
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, *,
+                ve: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C); ve: this layer's value embedding (B, T, C), None for a layer without one."""
         B, T, C = x.size()
         start = cache.pos if cache is not None else 0  # absolute position of x's first token
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in (q, k, v))  # (B, T, nh, hs)
+        v = self.value_mix(v, ve)  # before the cache: cached values already hold their value embedding
         q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         q, k = self.rotary(q, start), self.rotary(k, start)
@@ -255,16 +326,68 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = make_norm(config, config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, *,
+                ve: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, ve=ve)
         return x + self.mlp(self.ln_2(x))
+
+
+class EmbeddingNorm(nn.Module):
+    """RMSNorm without a gain, in fp32, of the embedding that starts the residual stream and is mixed back in
+    as x0 (nanochat and modded-nanogpt norm it so; without a gain, as they do)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.size(-1),), eps=1e-6).to(x.dtype)
+
+
+class X0Lambdas(nn.Module):
+    """Before block i: x = resid_lambdas[i] * x + x0_lambdas[i] * x0 (nanochat's per-layer scalars; modded-nanogpt
+    has the same pair per block)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.resid_lambdas = nn.Parameter(torch.empty(config.n_layer))
+        self.x0_lambdas = nn.Parameter(torch.empty(config.n_layer))
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, layer: int) -> torch.Tensor:
+        return self.resid_lambdas[layer] * x + self.x0_lambdas[layer] * x0
+
+
+class NoX0(nn.Module):
+    """x0_lambdas=False: the block's input is the residual stream as it is."""
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, layer: int) -> torch.Tensor:
+        return x
+
+
+class UNetSkips(nn.Module):
+    """U-net skips (modded-nanogpt record of 2024-11-10): block n-1-j's input gains weights[m] * block j's output
+    for j < n//2, so the first half's outputs enter the second half in reverse order (the last one first;
+    m counts the receiving layers from the first). With an odd n_layer the middle block receives none."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_layer = config.n_layer
+        self.weights = nn.Parameter(torch.empty(config.n_layer // 2))
+
+    def forward(self, x: torch.Tensor, outputs: list[torch.Tensor], layer: int) -> torch.Tensor:
+        """x: block `layer`'s input; outputs: the outputs of the blocks before it."""
+        source = self.n_layer - 1 - layer
+        if source >= layer:  # the first half (and an odd count's middle block) receives no skip
+            return x
+        return x + self.weights[layer - (self.n_layer - self.n_layer // 2)] * outputs[source]
+
+
+class NoSkips(nn.Module):
+    def forward(self, x: torch.Tensor, outputs: list[torch.Tensor], layer: int) -> torch.Tensor:
+        return x
 
 
 class LayerCache:
@@ -326,7 +449,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=make_norm(config, config.n_embd),
         ))
         # registered after ln_f, where GPT-2's checkpoints have it (NoPositions holds no parameters: no keys)
@@ -335,6 +458,11 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2
         self.softcap = SoftCap(config.logit_softcap) if config.logit_softcap else nn.Identity()
+        # the record line's options (each holds no parameters when off, so the state dict is GPT-2's)
+        self.value_embeds = ValueEmbeddings(config)
+        self.embed_norm = EmbeddingNorm() if config.x0_lambdas else nn.Identity()
+        self.x0_mix = X0Lambdas(config) if config.x0_lambdas else NoX0()
+        self.unet = UNetSkips(config) if config.unet_skips else NoSkips()
         self.set_chunked_loss(True)
         self.init_weights()
 
@@ -350,6 +478,16 @@ class GPT(nn.Module):
         first prediction is uniform and the loss at step 0 is exactly ln(vocab) (modded-nanogpt), and the
         untied token embedding is N(0, 1): it only feeds norms, and Adam's steps are then small relative
         to it (nanochat, modded-nanogpt use unit-scale embeddings).
+
+        The record line's parameters (none exist while their options are off, so nothing above changes):
+        value_embeds: each table N(0, 1), as the untied token embedding and as modded-nanogpt's value-embedding
+        records (2024-12-04, 2024-12-08: nn.Embedding's default N(0, 1)); each layer's mix v = 0.5*v + 0.5*ve
+        (modded-nanogpt 2024-12-08, the value-residual lambdas of @Grad62304977).
+        x0_lambdas: resid_lambdas[i] = 1.15 - 0.10 * i/(n_layer-1) and x0_lambdas[i] = 0.20 - 0.15 * i/(n_layer-1):
+        early layers keep more of the stream and take more of the embedding (nanochat gpt.py init_weights,
+        commit 92d63d4; 1.15 and 0.20 at a single layer).
+        unet_skips: every skip weight 1 (modded-nanogpt record of 2024-11-10, torch.ones).
+        init='nanochat' replaces the matrices' and embeddings' values with nanochat's (init_as_nanochat).
         """
         c, std = self.config, 0.02
         residual_std = 0.0 if c.zero_init_proj else std / math.sqrt(2 * c.n_layer)
@@ -365,20 +503,58 @@ class GPT(nn.Module):
                 nn.init.normal_(linear.weight, std=weight_std)
                 if linear.bias is not None:
                     nn.init.zeros_(linear.bias)
+        if c.init == "nanochat":
+            self.init_as_nanochat()
         for norm in self.modules():
             if isinstance(norm, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(norm.weight)
                 if getattr(norm, "bias", None) is not None:
                     nn.init.zeros_(norm.bias)
+        self.init_record_options()
+
+    @torch.no_grad()
+    def init_as_nanochat(self) -> None:
+        """init='nanochat': nanochat's scales (gpt.py init_weights, commit 92d63d4), in place of the matrices'
+        and embeddings' values above. Token embedding N(0, 0.8); output head N(0, 0.001), small but not zero
+        so the head's gradient reaches the blocks from the first step; c_attn uniform with std 1/sqrt(n_embd)
+        (uniform "to avoid outliers", bound sqrt(3) times the std); c_fc uniform with 0.4 times that std;
+        both c_proj 0, so each block starts as the identity. Biases stay 0."""
+        t, bound = self.transformer, math.sqrt(3 / self.config.n_embd)  # uniform(-b, b) has std b/sqrt(3)
+        nn.init.normal_(t.wte.weight, std=0.8)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for block in t.h:
+            nn.init.uniform_(block.attn.c_attn.weight, -bound, bound)
+            nn.init.uniform_(block.mlp.c_fc.weight, -0.4 * bound, 0.4 * bound)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+
+    @torch.no_grad()
+    def init_record_options(self) -> None:
+        """The value embeddings, x0/residual lambdas and U-net skip weights (see init_weights for the sources)."""
+        n = self.config.n_layer
+        for table in self.value_embeds.tables:
+            nn.init.normal_(table.weight, std=1.0)
+        for mix in self.modules():
+            if isinstance(mix, ValueEmbedMix):
+                nn.init.constant_(mix.lambdas, 0.5)
+            elif isinstance(mix, X0Lambdas):
+                depth = torch.arange(n, dtype=torch.float32) / max(n - 1, 1)  # 0 at the first layer, 1 at the last
+                mix.resid_lambdas.copy_(1.15 - 0.10 * depth)
+                mix.x0_lambdas.copy_(0.20 - 0.15 * depth)
+            elif isinstance(mix, UNetSkips):
+                nn.init.ones_(mix.weights)
 
     def num_params(self) -> dict[str, int]:
-        """Counted from the parameters (each once): wte, wpe, lm_head (0 when tied to wte), blocks (+ ln_f), total."""
+        """Counted from the parameters (each once): wte, wpe, lm_head (0 when tied to wte), value_embeds (the
+        value-embedding tables), blocks (+ ln_f and the record line's scalars), total."""
         t = self.transformer
         wte = t.wte.weight.numel()
         wpe = sum(p.numel() for p in t.wpe.parameters())
         head = 0 if self.config.tie_embeddings else self.lm_head.weight.numel()
+        value_embeds = sum(p.numel() for p in self.value_embeds.parameters())
         total = sum(p.numel() for p in self.parameters())
-        return {"wte": wte, "wpe": wpe, "lm_head": head, "blocks": total - wte - wpe - head, "total": total}
+        return {"wte": wte, "wpe": wpe, "lm_head": head, "value_embeds": value_embeds,
+                "blocks": total - wte - wpe - head - value_embeds, "total": total}
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token at seq_len (default block_size).
@@ -403,10 +579,14 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         x = self.transformer.wpe(self.transformer.wte(idx), start)  # (B, T, C), with learned positions added
-        x = self.transformer.drop(x)
+        x = x0 = self.transformer.drop(self.embed_norm(x))  # x0: mixed back into every block's input (x0_lambdas)
+        ves = self.value_embeds(idx)  # per layer: its value embedding (B, T, C), or None
         layer_caches = cache.layers if cache is not None else [None] * len(self.transformer.h)
-        for block, layer_cache in zip(self.transformer.h, layer_caches):
-            x = block(x, layer_cache)
+        outputs = []  # the blocks' outputs, for the U-net skips
+        for i, (block, layer_cache, ve) in enumerate(zip(self.transformer.h, layer_caches, ves)):
+            x = self.x0_mix(self.unet(x, outputs, i), x0, i)
+            x = block(x, layer_cache, ve=ve)
+            outputs.append(x)
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.logits(x[:, -1:, :] if last_only else x), None  # (B, 1 or T, vocab)

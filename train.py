@@ -335,6 +335,7 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
     parts = [f"{report.count(counts['wte'])} token embedding" + (" (shared with the output head)" if c.tie_embeddings else ""),
              *([f"{report.count(counts['lm_head'])} output head"] if counts["lm_head"] else []),
              *([f"{report.count(counts['wpe'])} position embedding"] if counts["wpe"] else []),
+             *([f"{report.count(counts['value_embeds'])} value embeddings"] if counts["value_embeds"] else []),
              f"{report.count(counts['blocks'])} in the blocks"]
     env.print0(f"model: {report.count(counts['total'])} parameters = " + " + ".join(parts))
     env.print0(f"model: positions {c.pos_emb}, {c.norm}, qk_norm {c.qk_norm}, mlp {c.mlp}, tied head "

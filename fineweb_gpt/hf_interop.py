@@ -19,9 +19,12 @@ from model import GPT, GPTConfig
 
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # What each exported architecture computes, as GPTConfig option values (anything else does not export).
+_NO_RECORD_OPTIONS = dict(value_embeds=0, x0_lambdas=False, unet_skips=False)  # neither computes these
 ARCHITECTURES = {
-    "GPT2LMHeadModel": dict(pos_emb="learned", norm="layernorm", qk_norm=False, mlp="gelu", logit_softcap=0.0),
-    "Qwen3ForCausalLM": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", logit_softcap=0.0, bias=False),
+    "GPT2LMHeadModel": dict(pos_emb="learned", norm="layernorm", qk_norm=False, mlp="gelu", logit_softcap=0.0,
+                            **_NO_RECORD_OPTIONS),
+    "Qwen3ForCausalLM": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", logit_softcap=0.0, bias=False,
+                             **_NO_RECORD_OPTIONS),
 }
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 

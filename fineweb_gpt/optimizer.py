@@ -23,6 +23,11 @@ OPTIMIZERS = ("adamw", "muon")
 # The AdamW learning rates of the muon recipe are stated for n_embd=768 and scaled by sqrt(768 / n_embd)
 # (nanochat's rule), so a narrower model gets proportionally larger steps without retuning.
 REFERENCE_WIDTH = 768
+# x0_lambdas' two scalar groups as nanochat's setup_optimizer trains them (scalar_lr 0.5, not scaled by width):
+# the x0 weights at 0.5 with a slower first moment (beta1 0.96), the residual weights at 0.5 * 0.01 with a
+# weight decay of 0.05 that pulls them slowly towards 0 (nanochat gpt.py, commit 92d63d4)
+X0_LAMBDAS = dict(lr=0.5, betas=(0.96, 0.95), weight_decay=0.0)
+RESID_LAMBDAS = dict(lr=0.005, betas=(0.8, 0.95), weight_decay=0.05)
 
 
 @dataclass
@@ -78,14 +83,20 @@ def param_groups(model: GPT, s: OptimizerSettings) -> list[dict]:
                  "weight_decay": 0.0}]
     scale = (REFERENCE_WIDTH / model.config.n_embd) ** 0.5
     head = model.lm_head.weight  # with tied embeddings also the token embedding: the head's rate applies
-    embeddings = [p for p in [t.wte.weight, *t.wpe.parameters()] if p is not head]  # wpe: none under rope
+    # value-embedding tables train as the token embedding does (modded-nanogpt: one Adam for wte and them)
+    embeddings = [p for p in [t.wte.weight, *t.wpe.parameters(), *model.value_embeds.parameters()]
+                  if p is not head]  # wpe: none under rope
     matrices = [p for block in t.h for p in block.parameters() if p.dim() == 2]
-    taken = {id(p) for p in [head, *embeddings, *matrices]}
-    scalars = [p for p in params if id(p) not in taken]
+    x0_lambdas = [p for name, p in model.x0_mix.named_parameters() if name == "x0_lambdas"]  # none when off
+    resid_lambdas = [p for name, p in model.x0_mix.named_parameters() if name == "resid_lambdas"]
+    taken = {id(p) for p in [head, *embeddings, *matrices, *x0_lambdas, *resid_lambdas]}
+    scalars = [p for p in params if id(p) not in taken]  # norms, biases, value-embedding mixes, U-net weights
     return [{"name": "muon: block matrices", "params": matrices, "lr": s.learning_rate, "weight_decay": s.weight_decay},
             {"name": "adamw: embeddings", "params": embeddings, "lr": s.embedding_lr * scale, "weight_decay": 0.0},
             {"name": "adamw: output head", "params": [head], "lr": s.head_lr * scale, "weight_decay": 0.0},
-            {"name": "adamw: norms and biases", "params": scalars, "lr": s.scalar_lr * scale, "weight_decay": 0.0}]
+            {"name": "adamw: norms and biases", "params": scalars, "lr": s.scalar_lr * scale, "weight_decay": 0.0},
+            {"name": "adamw: x0 lambdas", "params": x0_lambdas, **X0_LAMBDAS},
+            {"name": "adamw: residual lambdas", "params": resid_lambdas, **RESID_LAMBDAS}]
 
 
 def adamw(groups: list[dict], betas: tuple[float, float]) -> tuple[torch.optim.AdamW, str]:
@@ -116,6 +127,7 @@ def make_optimizer(model: GPT, s: OptimizerSettings) -> tuple[torch.optim.Optimi
         labels = [f"Muon (momentum {s.muon_momentum}, nesterov, Newton-Schulz in {str(ns_dtype)[6:]}: {ns_reason}"
                   f"{shards})" if g["name"].startswith("muon") else f"AdamW ({kind})" for g in groups]
     lines = [report.param_group_line(g["name"], sum(p.numel() for p in g["params"]), len(g["params"]),
-                                     f"{label}, lr {g['lr']:.3g}, weight decay {g['weight_decay']:g}")
+                                     f"{label}, lr {g['lr']:.3g}, weight decay {g['weight_decay']:g}"
+                                     + (f", betas {g['betas']}" if "betas" in g else ""))
              for g, label in zip(groups, labels)]
     return optimizer, lines

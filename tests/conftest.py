@@ -33,7 +33,7 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
         "--compile=False", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3"]
 
 
-# The model option sets the project trains: GPT-2's, the modern recipe's, and the Qwen3-compatible one.
+# The model option sets the project trains: GPT-2's, the modern recipe's, the Qwen3-compatible one, and the record line's.
 OPTION_SETS = {
     "gpt2": {},
     "modern": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False,
@@ -41,6 +41,8 @@ OPTION_SETS = {
     "qwen3": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False,
                   zero_init_proj=True, bias=False),
 }
+# the modern recipe with the record line's model options (at the tiny models' 2 layers, one value-embedding table)
+OPTION_SETS["record"] = dict(OPTION_SETS["modern"], value_embeds=1, x0_lambdas=True, unet_skips=True)
 
 
 def scrambled_model(**overrides):

@@ -14,13 +14,17 @@ from model import GPT
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
 TINY_SHAPE = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=128"]
+# the shipped configs as they are, and the modern one with the record line's model options on
+RECORD = ["--value_embeds=1", "--x0_lambdas=True", "--unet_skips=True"]
+CASES = [pytest.param(path, [], id=os.path.basename(path)) for path in CONFIGS] + \
+    [pytest.param(os.path.join(ROOT, "config", "train_fineweb.py"), RECORD, id="train_fineweb.py+record")]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_training_forward_and_loss_compile_to_one_graph(path, dtype):
-    cfg = parse_config(train.TrainConfig, [path, *TINY_SHAPE])
+@pytest.mark.parametrize("path, options", CASES)
+def test_training_forward_and_loss_compile_to_one_graph(path, options, dtype):
+    cfg = parse_config(train.TrainConfig, [path, *TINY_SHAPE, *options])
     torch.manual_seed(0)
     model = GPT(train.model_config(cfg)).train()
     train.set_memory_options(model, cfg, Env("cpu"))  # the config's chunked loss and checkpointing, as train.py sets them

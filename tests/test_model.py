@@ -47,7 +47,7 @@ def test_param_count_breakdown_matches_the_parameters(options):
     model = tiny(**options)
     counts = model.num_params()
     assert counts == count_params(model.config)
-    assert counts["total"] == counts["wte"] + counts["wpe"] + counts["lm_head"] + counts["blocks"]
+    assert counts["total"] == counts["wte"] + counts["wpe"] + counts["lm_head"] + counts["value_embeds"] + counts["blocks"]
     assert counts["total"] == sum(p.numel() for p in set(model.parameters()))
 
 
@@ -164,7 +164,7 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients(options):
         torch.testing.assert_close(chunked_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("options", ["gpt2", "modern"])
+@pytest.mark.parametrize("options", ["gpt2", "modern", "record"])
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(options):
     model = scrambled_model(**OPTION_SETS[options], dropout=0.1).train()
     x, y = torch.randint(0, 256, (2, 4, 32))

@@ -48,7 +48,10 @@ MODERN = ["--optimizer=muon", "--lr_schedule=wsd", "--cooldown_frac=0.5", "--lea
           "--logit_softcap=15", "--zero_init_proj=True", "--bias=False"]
 
 
-@pytest.mark.parametrize("recipe", [[], MODERN], ids=["adamw-cosine", "muon-wsd"])
+RECORD = [*MODERN, "--value_embeds=1", "--x0_lambdas=True", "--unet_skips=True"]  # the record line's model options
+
+
+@pytest.mark.parametrize("recipe", [[], MODERN, RECORD], ids=["adamw-cosine", "muon-wsd", "muon-wsd-record"])
 def test_resume_continues_exactly(synthetic_shards, tmp_path, recipe):
     # dropout > 0 so the restored RNG state matters too
     common = ["--eval_interval=4", "--lr_decay_iters=8", "--dropout=0.1", *recipe]
@@ -183,10 +186,11 @@ def torchrun(*args):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(synthetic_shards, tmp_path):
+@pytest.mark.parametrize("recipe", [MODERN, RECORD], ids=["modern", "record"])
+def test_ddp_two_processes_match_one(synthetic_shards, tmp_path, recipe):
     # gradients are all-reduced before the step, so every rank's Muon update (and the AdamW groups' beside it)
     # is the one process's update; GPT-2's AdamW recipe under DDP: test_multinode.py's two nodes against one
-    args = ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2", *MODERN]
+    args = ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2", *recipe]
     run_train(synthetic_shards, tmp_path / "single", *args)
     r = torchrun(f"--data_dir={synthetic_shards}", *args, f"--out_dir={tmp_path / 'ddp'}")
     assert r.returncode == 0, r.stderr[-3000:]
