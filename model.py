@@ -386,7 +386,7 @@ class DocumentWindowMasks(nn.Module):
         B, T = docs.shape
         # compiled inside a compiled model; eager callers (evaluation of the raw model) compile it here
         return create_block_mask(mask_mod, B, None, T, T, device=docs.device,
-                                 _compile=not torch.compiler.is_compiling())
+                                 _compile=docs.is_cuda and not torch.compiler.is_compiling())
 
 
 class MaskedAttention(nn.Module):

@@ -18,10 +18,10 @@ from model import GPT
 def recomputed(forward: Callable) -> Callable:
     """A block's forward that recomputes its activations in backward. Without gradients (evaluation) or
     with a KV cache (generation, which writes the cache as it runs) it is the plain forward."""
-    def run(x: torch.Tensor, cache=None) -> torch.Tensor:
+    def run(x: torch.Tensor, cache=None, **kwargs) -> torch.Tensor:
         if cache is not None or not torch.is_grad_enabled():
-            return forward(x, cache)
-        return checkpoint(forward, x, use_reentrant=False)
+            return forward(x, cache, **kwargs)
+        return checkpoint(forward, x, use_reentrant=False, **kwargs)
     run.recomputes = True
     return run
 
