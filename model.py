@@ -13,10 +13,13 @@ Options, each picking a module in __init__ so forward reads the same for every c
   tie_embeddings=False  a separate output head
   logit_softcap=c       logits = c * tanh(logits / c) (Gemma 2)
   zero_init_proj=True   the projections into the residual stream start at zero (modded-nanogpt)
+  doc_causal=True       a token attends only within its document (documents split at eot_token; modded-nanogpt)
+  attn_window=w         the window_pattern's S layers attend to the last w tokens only (nanochat, modded-nanogpt)
 The modern recipe (config/train_fineweb.py) uses the modded-nanogpt / nanochat family of these; with
 rope + rmsnorm + qk_norm + swiglu and no bias or softcap the model is a Qwen3 model (fineweb_gpt/hf_interop.py).
 
-Attention runs through torch's scaled_dot_product_attention and can write into a preallocated KV cache
+Attention runs through torch's scaled_dot_product_attention (FlexAttention for document or window masks on
+CUDA) and can write into a preallocated KV cache
 (KVCache) so that generation (fineweb_gpt/generation.py) feeds one new token per step. The training loss runs the
 output head and the cross-entropy together in chunks (torch's linear_cross_entropy), so the
 (tokens x vocab) logits are never held at once (set_chunked_loss). The model is single-device code:
