@@ -178,3 +178,16 @@ def test_window_warmup_needs_a_start_within_the_window(synthetic_shards, tmp_pat
     from configurator import ConfigError
     with pytest.raises(ConfigError, match="window_warmup_iters=10 grows the short attention window"):
         run_train(synthetic_shards, tmp_path, "--window_warmup_iters=10", "--attn_window=8", "--window_start=0")
+
+
+def test_activation_checkpointing_passes_the_masks_and_keeps_the_gradients():
+    from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
+    idx = rows_with_documents(T=30) % 256
+    grads = []
+    for checkpointed in (False, True):
+        model = scrambled_model(**MASKED).train()
+        if checkpointed:
+            apply_activation_checkpointing(model)
+        model(idx, idx)[1].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0])
