@@ -20,10 +20,13 @@ Options, each picking a module in __init__ so forward reads the same for every c
                         x0 being that normed embedding, with learned per-layer scalars (nanochat, modded-nanogpt)
   unet_skips=True       block j's output (j < n_layer//2) is added, times a learned weight, to the input of block
                         n_layer-1-j: the first half's outputs in reverse order into the second half (modded-nanogpt)
+  doc_causal=True       a token attends only within its document (documents split at eot_token; modded-nanogpt)
+  attn_window=w         the window_pattern's S layers attend to the last w tokens only (nanochat, modded-nanogpt)
 The modern recipe (config/train_fineweb.py) uses the modded-nanogpt / nanochat family of these; with
 rope + rmsnorm + qk_norm + swiglu and no bias or softcap the model is a Qwen3 model (fineweb_gpt/hf_interop.py).
 
-Attention runs through torch's scaled_dot_product_attention and can write into a preallocated KV cache
+Attention runs through torch's scaled_dot_product_attention (FlexAttention for document or window masks on
+CUDA) and can write into a preallocated KV cache
 (KVCache) so that generation (fineweb_gpt/generation.py) feeds one new token per step. The training loss runs the
 output head and the cross-entropy together in chunks (torch's linear_cross_entropy), so the
 (tokens x vocab) logits are never held at once (set_chunked_loss). The model is single-device code:
@@ -32,6 +35,7 @@ fineweb_gpt/activation_checkpointing.py). This file depends on torch alone.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, fields, replace
 
@@ -94,7 +98,7 @@ class GPTConfig:
     attn_window: int = key(0, "sliding-window length in tokens of the short-window layers (0 = full context)",
                            range="[0, inf)")
     window_pattern: str = key("S", "which layers use attn_window, repeated over the layers: S = short (attn_window), "
-                              "L = long (full context)")
+                              "L = long (full context); the last layer is always long (as nanochat)")
 
     def __post_init__(self):
         problems = []
@@ -111,6 +115,12 @@ class GPTConfig:
             problems.append(f"value_embeds={self.value_embeds} needs n_layer >= {2 * self.value_embeds} (each table "
                             f"feeds one of the first and one of the last value_embeds layers); n_layer={self.n_layer} "
                             f"allows value_embeds <= {self.n_layer // 2}")
+        if not self.window_pattern or set(self.window_pattern) - {"S", "L"}:
+            problems.append(f"window_pattern must be a string of S (short window) and L (long: full context), "
+                            f"got {self.window_pattern!r}")
+        if self.attn_window > self.block_size:
+            problems.append(f"attn_window={self.attn_window} exceeds block_size={self.block_size}: a window longer "
+                            f"than the context is the full context; use attn_window=0")
         if not problems and self.n_embd % self.n_head:
             problems.append(self._head_mismatch())
         elif not problems and self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
@@ -251,15 +261,18 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.n_head, self.n_embd = config.n_head, config.n_embd
         self.q_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(config.head_size) if config.qk_norm else nn.Identity()
         self.rotary = Rotary(config) if config.pos_emb == "rope" else NoPositions()
         self.value_mix = ValueEmbedMix() if value_embed_table(layer, config) is not None else NoValueEmbed()
+        self.attend = MaskedAttention(short_window_layers(config)[layer], config.dropout) if masked(config) \
+            else CausalAttention(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, *,
-                ve: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, C); ve: this layer's value embedding (B, T, C), None for a layer without one."""
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, *, ve: torch.Tensor | None = None,
+                masks: AttentionMasks | None = None) -> torch.Tensor:
+        """x (B, T, C); ve: this layer's value embedding (B, T, C), None for a layer without one; masks: the
+        document and window masks of this forward (None when both are off)."""
         B, T, C = x.size()
         start = cache.pos if cache is not None else 0  # absolute position of x's first token
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
@@ -268,21 +281,204 @@ class CausalSelfAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         q, k = self.rotary(q, start), self.rotary(k, start)
+        y = self.attend(q, k, v, cache, masks)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class CausalAttention(nn.Module):
+    """Plain causal attention through torch's SDPA (flash where the device has it): the default, with neither
+    documents nor windows."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache | None,
+                masks: None) -> torch.Tensor:
+        start = cache.pos if cache is not None else 0
+        T = q.size(2)
         dropout = self.dropout if self.training else 0.0
         if start == 0:
             # training, or a cache's first chunk (prefill): plain causal attention over these T tokens
             if cache is not None:
                 cache.write(k, v)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        k, v = cache.write(k, v)  # (B, nh, start+T, hs): everything seen so far
+        if T == 1:
+            return F.scaled_dot_product_attention(q, k, v)  # one new token may look at all of them
+        # query i sits at absolute position start+i and may see keys 0..start+i
+        mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# ---------------------------------------------------------------- document-causal and sliding-window attention
+#
+# Documents: prepare.py writes eot_token after each document, so in a row of tokens an eot is followed by the
+# next document's first token and, as GPT-2 trained it, predicts it: the eot starts the next document. A
+# token's document id is the count of eot tokens at or before it (modded-nanogpt derives document ids the
+# same way), so an eot belongs to the document it starts, and the tokens before a row's first eot (the
+# tail of a document cut by the row's start) form a document of their own.
+# Windows: a short-window layer's query at position p sees the keys at p-attn_window+1..p; a long layer
+# sees the whole context. The short window is a tensor (GPT.set_attn_window), so that a window schedule
+# changes it without recompiling a compiled model.
+# Kernels: on CUDA, FlexAttention with block masks (blocks outside every document and window are
+# skipped), compiled; elsewhere, and on CUDA after GPT.use_dense_attention() or with attention dropout
+# (FlexAttention has none), SDPA with a dense (B, 1, T, T) boolean mask from the same mask function.
+# FlexAttention has no backward on CPU in torch 2.13, hence the dense path there. Decoding with a KV cache
+# always uses the dense path: its masks are small.
+
+def masked(config: GPTConfig) -> bool:
+    """Whether attention needs a mask beyond causality: documents or a window."""
+    return config.doc_causal or config.attn_window > 0
+
+
+def short_window_layers(config: GPTConfig) -> list[bool]:
+    """Per layer, whether it uses the short window: window_pattern repeated over the layers, the last layer
+    always long (nanochat forces the final layer to the full context). All long when attn_window is 0."""
+    if not config.attn_window:
+        return [False] * config.n_layer
+    pattern = config.window_pattern
+    short = [pattern[i % len(pattern)] == "S" for i in range(config.n_layer)]
+    short[-1] = False
+    return short
+
+
+def attention_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, q_doc: torch.Tensor, k_doc: torch.Tensor,
+                      window: torch.Tensor) -> torch.Tensor:
+    """Whether the query at q_pos in document q_doc may attend to the key at k_pos in document k_doc: causal,
+    within `window` tokens (the query itself counts), same document. Elementwise, so the same function is
+    FlexAttention's mask_mod and, on broadcast index tensors, builds the dense mask."""
+    return (k_pos <= q_pos) & (q_pos - k_pos < window) & (q_doc == k_doc)
+
+
+# FlexAttention's kernel options by CUDA compute capability. torch 2.13's defaults for sm8x other than the
+# A100 take the A100's forward blocks (BLOCK_M 128 x BLOCK_N 64, 3 stages: for bf16 and head size 128,
+# 32 KB of queries plus 3 x 32 KB of keys and values = 128 KB of shared memory), more than the about 100 KB
+# that a block of an Ampere/Ada consumer card (sm86, sm89) or a Blackwell consumer card (sm120) may use:
+# these get 64 x 64 blocks in 2 stages (16 KB + 2 x 32 KB = 80 KB). Every other device keeps torch's defaults.
+SMALL_SHARED_MEMORY_CAPABILITIES = {(8, 6), (8, 7), (8, 9), (12, 0), (12, 1)}
+SMALL_FLEX_KERNEL_OPTIONS = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_stages": 2}
+
+
+def flex_kernel_options(device: torch.device) -> dict:
+    """FlexAttention's kernel_options for this CUDA device (the table above); {} = torch's defaults."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) in SMALL_SHARED_MEMORY_CAPABILITIES:
+        return dict(SMALL_FLEX_KERNEL_OPTIONS)
+    return {}
+
+
+@functools.cache
+def compiled_flex_attention():
+    """flex_attention compiled once: uncompiled it materialises the whole score matrix."""
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attention_error(device: str, dtype: torch.dtype, n_head: int, head_size: int) -> str | None:
+    """Run a small compiled FlexAttention forward and backward on device with the kernel options the model
+    uses; None when it works, else what went wrong (a kernel that needs more shared memory than the GPU has,
+    a Triton that does not support it), so that the caller can switch the model to dense masks."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    try:
+        q, k, v = (torch.randn(1, n_head, 256, head_size, device=device, dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        block_mask = create_block_mask(lambda b, h, qi, ki: ki <= qi, None, None, 256, 256, device=device)
+        out = compiled_flex_attention()(q, k, v, block_mask=block_mask,
+                                        kernel_options=flex_kernel_options(torch.device(device)))
+        out.sum().backward()
+        return None
+    except Exception as e:  # any failure to build or run the kernel means: use the dense path
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+
+
+class AttentionMasks:
+    """One forward's attention masks: the queries' absolute positions and documents, the two windows (short,
+    long) as tensors, and either the masks built for a whole row (prebuilt[short], a FlexAttention BlockMask
+    or a dense boolean mask) or, with a KV cache, nothing prebuilt: each layer masks its own cached keys."""
+
+    def __init__(self, q_pos: torch.Tensor, q_doc: torch.Tensor, windows: tuple[torch.Tensor, torch.Tensor],
+                 prebuilt: dict | None = None, kernel_options: dict | None = None):
+        self.q_pos, self.q_doc, self.windows = q_pos, q_doc, windows  # (T,), (B, T), (short, long)
+        self.prebuilt, self.kernel_options = prebuilt, kernel_options
+
+    def dense(self, k_pos: torch.Tensor, k_doc: torch.Tensor, short: bool) -> torch.Tensor:
+        """(B, 1, T, S) boolean mask of these queries over keys at positions k_pos (S,) in documents k_doc (B, S)."""
+        return attention_allowed(self.q_pos[None, :, None], k_pos[None, None, :], self.q_doc[:, :, None],
+                                 k_doc[:, None, :], self.windows[0] if short else self.windows[1]).unsqueeze(1)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, short: bool, dropout: float) -> torch.Tensor:
+        """Attention of a whole row (no cache) with the prebuilt mask: FlexAttention for a BlockMask, else SDPA."""
+        mask = self.prebuilt[short]
+        if isinstance(mask, torch.Tensor):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return compiled_flex_attention()(q, k, v, block_mask=mask, kernel_options=self.kernel_options)
+
+
+class DocumentWindowMasks(nn.Module):
+    """Builds each forward's AttentionMasks from the input ids (GPT.attn_masks when documents or windows are on).
+    The windows are buffers, not saved: the short one follows GPT.set_attn_window (a window schedule), the long
+    one is the whole context."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.boundary = config.eot_token if config.doc_causal else -1  # no id is -1: one document per row
+        self.has_short = any(short_window_layers(config))
+        self.register_buffer("short_window", torch.tensor(config.attn_window or config.block_size), persistent=False)
+        self.register_buffer("long_window", torch.tensor(config.block_size), persistent=False)
+        self.dropout = config.dropout
+        self.flex = True  # on CUDA; GPT.use_dense_attention() turns it off
+
+    def documents(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) document ids: eot tokens at or before each token (an eot starts the next document)."""
+        return (idx == self.boundary).cumsum(dim=1)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> AttentionMasks:
+        windows = (self.short_window, self.long_window)
+        start = cache.pos if cache is not None else 0
+        q_pos = torch.arange(start, start + idx.size(1), device=idx.device)
+        if cache is not None:  # documents continue from the cached ones; each layer masks its cached keys
+            return AttentionMasks(q_pos, cache.continue_documents(self.documents(idx)), windows)
+        q_doc = self.documents(idx)
+        masks = AttentionMasks(q_pos, q_doc, windows)
+        kinds = (True, False) if self.has_short else (False,)
+        if self.uses_flex(idx):
+            masks.prebuilt = {short: self.block_mask(q_doc, windows[not short]) for short in kinds}
+            masks.kernel_options = flex_kernel_options(idx.device)
         else:
-            k, v = cache.write(k, v)  # (B, nh, start+T, hs): everything seen so far
-            if T == 1:
-                y = F.scaled_dot_product_attention(q, k, v)  # one new token may look at all of them
-            else:  # query i sits at absolute position start+i and may see keys 0..start+i
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+            masks.prebuilt = {short: masks.dense(q_pos, q_doc, short) for short in kinds}
+        return masks
+
+    def uses_flex(self, idx: torch.Tensor) -> bool:
+        return idx.is_cuda and self.flex and not (self.training and self.dropout)
+
+    def block_mask(self, docs: torch.Tensor, window: torch.Tensor):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q, k):
+            return attention_allowed(q, k, docs[b, q], docs[b, k], window)
+        B, T = docs.shape
+        # compiled inside a compiled model; eager callers (evaluation of the raw model) compile it here
+        return create_block_mask(mask_mod, B, None, T, T, device=docs.device,
+                                 _compile=docs.is_cuda and not torch.compiler.is_compiling())
+
+
+class MaskedAttention(nn.Module):
+    """Document-causal and/or sliding-window attention of one layer (short: this layer uses the short window)."""
+
+    def __init__(self, short: bool, dropout: float):
+        super().__init__()
+        self.short, self.dropout = short, dropout
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: SlidingLayerCache | None,
+                masks: AttentionMasks) -> torch.Tensor:
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:
+            return masks.attend(q, k, v, self.short, dropout)
+        keys, values, k_pos, k_doc = cache.with_new(k, v, masks.q_pos, masks.q_doc)  # the cached keys, then these
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=masks.dense(k_pos, k_doc, self.short))
+        cache.write(k, v, masks.q_pos, masks.q_doc)
+        return y
 
 
 class ReLUSquared(nn.Module):
@@ -333,9 +529,9 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, *,
-                ve: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, ve=ve)
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, *, ve: torch.Tensor | None = None,
+                masks: AttentionMasks | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, ve=ve, masks=masks)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -404,19 +600,73 @@ class LayerCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+class SlidingLayerCache:
+    """One layer's keys and values under document or window masks: the last `size` tokens in a ring buffer
+    (token at position p in slot p % size; a short-window layer's size is its window, so its cache never
+    holds more), with each slot's absolute position and document. Empty slots sit at a position no query
+    reaches. Queries attend to the cached slots followed by their own keys (with_new), then write them."""
+    EMPTY = -(1 << 40)  # the position of an empty slot: further back than any window or context
+
+    def __init__(self, shape: tuple[int, int, int, int], device, dtype: torch.dtype):
+        B, _, size, _ = shape
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.slot_pos = torch.full((size,), self.EMPTY, dtype=torch.long, device=device)
+        self.slot_doc = torch.zeros(B, size, dtype=torch.long, device=device)
+        self.pos = 0
+
+    def with_new(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, doc: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(keys, values (B, nh, size+T, hs), positions (size+T,), documents (B, size+T)): the cached slots
+        followed by the new keys k, v (B, nh, T, hs) at positions pos (T,) in documents doc (B, T)."""
+        return (torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2), torch.cat((self.slot_pos, pos)),
+                torch.cat((self.slot_doc, doc), dim=1))
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, doc: torch.Tensor) -> None:
+        """Store the new tokens (only the last `size` of them fit) in their slots."""
+        size = self.k.size(2)
+        keep = min(k.size(2), size)
+        slots = pos[-keep:] % size
+        self.k[:, :, slots] = k[:, :, -keep:]
+        self.v[:, :, slots] = v[:, :, -keep:]
+        self.slot_pos[slots] = pos[-keep:]
+        self.slot_doc[:, slots] = doc[:, -keep:]
+        self.pos += k.size(2)
+
+
 class KVCache:
-    """Keys and values for every layer, allocated once for batch_size x max_len tokens."""
+    """Keys and values for every layer, allocated once for batch_size x max_len tokens (under document or
+    window masks: SlidingLayerCache, a short-window layer's no longer than its window)."""
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype: torch.dtype):
         if max_len > config.block_size:
             raise ValueError(f"cache length {max_len} exceeds block_size {config.block_size}")
         shape = (batch_size, config.n_head, max_len, config.head_size)
-        self.layers = [LayerCache(torch.empty(shape, device=device, dtype=dtype),
-                                  torch.empty(shape, device=device, dtype=dtype)) for _ in range(config.n_layer)]
+        if masked(config):
+            windowed = (batch_size, config.n_head, min(max_len, config.attn_window), config.head_size)
+            self.layers = [SlidingLayerCache(windowed if short else shape, device, dtype)
+                           for short in short_window_layers(config)]
+        else:
+            self.layers = [LayerCache(torch.empty(shape, device=device, dtype=dtype),
+                                      torch.empty(shape, device=device, dtype=dtype)) for _ in range(config.n_layer)]
+        self.last_doc = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # document of the last token
 
     @property
     def pos(self) -> int:
         return self.layers[0].pos
+
+    def continue_documents(self, docs: torch.Tensor) -> torch.Tensor:
+        """The new tokens' documents (B, T), given their ids counted from 0 within the new chunk: they continue
+        the cached sequence's last document."""
+        docs = docs + self.last_doc
+        self.last_doc = docs[:, -1:]
+        return docs
+
+
+class NoMasks(nn.Module):
+    """GPT.attn_masks with neither documents nor windows: attention is plain causal."""
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> None:
+        return None
 
 
 class LearnedPositions(nn.Module):
@@ -449,7 +699,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
             ln_f=make_norm(config, config.n_embd),
         ))
         # registered after ln_f, where GPT-2's checkpoints have it (NoPositions holds no parameters: no keys)
@@ -463,6 +713,7 @@ class GPT(nn.Module):
         self.embed_norm = EmbeddingNorm() if config.x0_lambdas else nn.Identity()
         self.x0_mix = X0Lambdas(config) if config.x0_lambdas else NoX0()
         self.unet = UNetSkips(config) if config.unet_skips else NoSkips()
+        self.attn_masks = DocumentWindowMasks(config) if masked(config) else NoMasks()
         self.set_chunked_loss(True)
         self.init_weights()
 
@@ -582,15 +833,26 @@ class GPT(nn.Module):
         x = x0 = self.transformer.drop(self.embed_norm(x))  # x0: mixed back into every block's input (x0_lambdas)
         ves = self.value_embeds(idx)  # per layer: its value embedding (B, T, C), or None
         layer_caches = cache.layers if cache is not None else [None] * len(self.transformer.h)
+        masks = self.attn_masks(idx, cache)  # document and window masks of this forward (None when both are off)
         outputs = []  # the blocks' outputs, for the U-net skips
         for i, (block, layer_cache, ve) in enumerate(zip(self.transformer.h, layer_caches, ves)):
             x = self.x0_mix(self.unet(x, outputs, i), x0, i)
-            x = block(x, layer_cache, ve=ve)
+            x = block(x, layer_cache, ve=ve, masks=masks)
             outputs.append(x)
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.logits(x[:, -1:, :] if last_only else x), None  # (B, 1 or T, vocab)
         return self.loss(x, targets)
+
+    def set_attn_window(self, window: int) -> None:
+        """The short-window layers' window from now on (a window schedule); no recompilation, as it is a tensor."""
+        if isinstance(self.attn_masks, DocumentWindowMasks):
+            self.attn_masks.short_window.fill_(window)
+
+    def use_dense_attention(self) -> None:
+        """Document and window masks through SDPA with dense masks on CUDA too (when FlexAttention fails there)."""
+        if isinstance(self.attn_masks, DocumentWindowMasks):
+            self.attn_masks.flex = False
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.softcap(self.lm_head(x))

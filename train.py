@@ -45,7 +45,7 @@ from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
 from fineweb_gpt.optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
 from fineweb_gpt.runlog import Clock, RunLog, duration, out_dir_failed, short_count
 from fineweb_gpt.stop_signal import StopFlag
-from model import GPT, GPTConfig, count_params
+from model import GPT, GPTConfig, count_params, flex_attention_error, masked
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 ModelKeys = keys_of(GPTConfig)  # n_layer, n_embd, ...: GPTConfig's fields, each declared once in model.py
@@ -134,6 +134,9 @@ class TrainConfig(ModelKeys):
     cooldown_frac: float = key(0.2, "wsd: fraction of the schedule spent in the linear cooldown", range="(0, 1]")
     warmup_iters: int = key(200, "steps of linear warmup", range="[0, inf)")
     lr_decay_iters: int = key(0, "step where the schedule reaches min_lr (0 = max_iters)", range="[0, inf)")
+    window_warmup_iters: int = key(0, "steps over which the short attention window grows linearly from window_start "
+                                   "to attn_window (0 = attn_window from the start)", range="[0, inf)")
+    window_start: int = key(0, "the short attention window at step 0 when window_warmup_iters is on", range="[0, inf)")
     min_lr: float = key(6e-5, "final learning rate of the main group (the others scale alike), ~learning_rate/10",
                         range="[0, inf)")
     # system
@@ -171,6 +174,10 @@ def check_config(cfg: TrainConfig) -> None:
         if cfg.lr_schedule != "wsd" or not cfg.decay_lr:
             between.append("time_budget times the cooldown of a warmup-stable-decay schedule from the measured pace: "
                            "add --lr_schedule=wsd (and keep decay_lr=True)")
+    if cfg.window_warmup_iters and not 1 <= cfg.window_start <= cfg.attn_window:
+        between.append(f"window_warmup_iters={cfg.window_warmup_iters} grows the short attention window from "
+                       f"window_start to attn_window: set attn_window, and 1 <= window_start <= attn_window "
+                       f"(got window_start={cfg.window_start}, attn_window={cfg.attn_window})")
     if cfg.depth == "auto" and not cfg.time_budget:
         between.append("depth=auto picks the deepest model that a time budget can train: add --time_budget=... "
                        "(e.g. 8h), or give a depth")
@@ -354,6 +361,18 @@ def set_memory_options(model: GPT, cfg: TrainConfig, env: Env) -> None:
                f"{'on' if cfg.activation_checkpointing else 'off'}")
 
 
+def check_flex_attention(model: GPT, dtype: str, env: Env) -> None:
+    """With document or window masks on CUDA: a small FlexAttention forward and backward, with the model's kernel
+    options, runs on this GPU; else the model uses SDPA with dense masks, said once."""
+    if not env.device.startswith("cuda") or not masked(model.config):
+        return
+    error = flex_attention_error(env.device, getattr(torch, dtype), model.config.n_head, model.config.head_size)
+    if error:
+        model.use_dense_attention()
+        env.print0(f"attention: FlexAttention does not run on {hardware.device_name(env.device)} ({error}); using "
+                   f"SDPA with dense masks instead (the same results, slower and with more memory)")
+
+
 def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val_set: ValSet) -> None:
     """Every token id of the data must have an embedding: by meta.json's vocabulary, else by the shards' ids
     (all val tokens, a sample of the train shards)."""
@@ -514,6 +533,7 @@ def train(cfg: TrainConfig) -> dict:
         if ckpt is not None:
             check_can_continue(ckpt, state, cfg, env)
         set_memory_options(raw_model, cfg, env)
+        check_flex_attention(raw_model, dtype, env)
         optimizer, peak_lrs, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         # batch_size=auto is probed with the compiled model and the optimizer; the data, batched by it, comes after
         compiled = compile_model(raw_model, cfg, env)
@@ -541,6 +561,8 @@ def train(cfg: TrainConfig) -> dict:
             for step in itertools.count(start_step):
                 state.step, state.elapsed = step, clock.elapsed()
                 lr, last_step, final_update = horizon.at(step, step_times, eval_s)  # max_iters or the clock decides
+                raw_model.set_attn_window(schedule.attn_window(step, cfg.attn_window, cfg.window_start,  # from the step:
+                                                               cfg.window_warmup_iters))  # a resume continues it
                 row = {"step": step, "tokens": step * tokens_per_step}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)

@@ -18,7 +18,7 @@ from model import GPT
 def recomputed(forward: Callable) -> Callable:
     """A block's forward that recomputes its activations in backward. Without gradients (evaluation) or
     with a KV cache (generation, which writes the cache as it runs) it is the plain forward. The block's
-    keyword arguments (a layer's value embedding) pass through to it, and get their gradients."""
+    keyword arguments (a layer's value embedding, the attention masks) pass through to it, and get their gradients."""
     def run(x: torch.Tensor, cache=None, **kwargs) -> torch.Tensor:
         if cache is not None or not torch.is_grad_enabled():
             return forward(x, cache, **kwargs)

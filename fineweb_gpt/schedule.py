@@ -1,4 +1,5 @@
-"""The learning-rate schedule: linear warmup, then a cosine or warmup-stable-decay (WSD) descent to min_lr."""
+"""The learning-rate schedule: linear warmup, then a cosine or warmup-stable-decay (WSD) descent to min_lr; and the
+attention window schedule."""
 from __future__ import annotations
 
 import math
@@ -53,3 +54,12 @@ def describe_change(step: int, old: ScheduleKeys, new: ScheduleKeys) -> str | No
     changed = report.changes({k: getattr(old, k) for k in SCHEDULE_KEYS}, {k: getattr(new, k) for k in SCHEDULE_KEYS})
     return (f"the schedule changed ({'; '.join(changed)}): lr at step {step} goes from {get_lr(step, old):.3g} "
             f"to {get_lr(step, new):.3g}")
+
+
+def attn_window(step: int, window: int, window_start: int, window_warmup_iters: int) -> int:
+    """The short-window layers' window at step: grows linearly from window_start at step 0 to window at step
+    window_warmup_iters, then stays (modded-nanogpt grows its window during training); window from the start
+    when window_warmup_iters is 0. A function of the step alone, so a resumed run continues it exactly."""
+    if not window_warmup_iters or step >= window_warmup_iters:
+        return window
+    return round(window_start + (window - window_start) * step / window_warmup_iters)

@@ -1,0 +1,193 @@
+"""Document-causal and sliding-window attention: the mask against an explicit one built with loops, FlexAttention
+against the dense path, cached decoding against a full forward, the window schedule, compile, resume and DDP."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import model as model_module
+from conftest import ROOT, TINY, losses, run_train, scrambled_model
+from fineweb_gpt.dataloader import open_shard
+from fineweb_gpt.generation import generate
+from fineweb_gpt.schedule import attn_window
+from model import GPTConfig, KVCache, short_window_layers
+
+EOT = 3
+MASKED = dict(doc_causal=True, eot_token=EOT, attn_window=5, window_pattern="SL", pos_emb="rope", n_layer=3)
+
+
+def loop_mask(idx: torch.Tensor, window: int, eot: int | None) -> torch.Tensor:
+    """(B, T, T): query i sees key j iff j <= i, i - j < window, and no eot at positions j+1..i (an eot starts
+    the document after it); written with loops, independently of model.py."""
+    B, T = idx.shape
+    mask = torch.zeros(B, T, T, dtype=torch.bool)
+    for b in range(B):
+        for i in range(T):
+            for j in range(i + 1):
+                crosses = eot is not None and any(int(idx[b, p]) == eot for p in range(j + 1, i + 1))
+                mask[b, i, j] = i - j < window and not crosses
+    return mask
+
+
+def rows_with_documents(B: int = 2, T: int = 24) -> torch.Tensor:
+    torch.manual_seed(1)
+    idx = torch.randint(4, 64, (B, T))
+    idx[0, [0, 7, 8, 15]] = EOT  # a row that starts with an eot, two eots in a row
+    idx[1, [11]] = EOT           # a row that starts mid-document
+    return idx
+
+
+@pytest.mark.parametrize("doc_causal, window", [(True, 0), (False, 5), (True, 5)])
+def test_the_mask_is_exactly_document_causal_and_windowed(doc_causal, window):
+    config = GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=16, doc_causal=doc_causal,
+                       eot_token=EOT, attn_window=window)
+    idx = rows_with_documents()
+    masks = model_module.DocumentWindowMasks(config)(idx)
+    eot = EOT if doc_causal else None
+    for short, width in ((True, window or 32), (False, 32)):
+        built = masks.dense(masks.q_pos, masks.q_doc, short)  # (B, 1, T, T)
+        assert torch.equal(built[:, 0], loop_mask(idx, width, eot)), (short, width)
+
+
+def test_window_pattern_repeats_and_the_last_layer_is_long():
+    config = GPTConfig(n_layer=6, attn_window=128, window_pattern="SSL")
+    assert short_window_layers(config) == [True, True, False, True, True, False]
+    assert short_window_layers(GPTConfig(n_layer=3, window_pattern="SSL")) == [False] * 3  # no window: all long
+    with pytest.raises(ValueError, match="window_pattern must be a string of S"):
+        GPTConfig(window_pattern="SX")
+    with pytest.raises(ValueError, match="attn_window=2048 exceeds block_size=1024"):
+        GPTConfig(attn_window=2048)
+
+
+def test_flex_attention_forward_equals_the_dense_path(monkeypatch):
+    # the CUDA path (block masks) on CPU, forward only (FlexAttention has no backward on CPU), uncompiled
+    from torch.nn.attention.flex_attention import flex_attention
+    model = scrambled_model(**MASKED)
+    idx = rows_with_documents(T=30) % 256
+    dense, _ = model(idx)
+    monkeypatch.setattr(model_module.DocumentWindowMasks, "uses_flex", lambda self, idx: True)
+    monkeypatch.setattr(model_module, "compiled_flex_attention", lambda: flex_attention)
+    with torch.no_grad(), pytest.warns(UserWarning, match="flex_attention called without torch.compile"):
+        flex, _ = model(idx)
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_the_model_never_attends_across_a_document_or_beyond_its_window():
+    # changing a token changes no output it may not see: the tokens of earlier documents, and (through the
+    # layers' windows) nothing further back than the sum of the layers' reach
+    model = scrambled_model(**{**MASKED, "attn_window": 4, "window_pattern": "S", "n_layer": 2})
+    idx = torch.randint(4, 256, (1, 20))
+    idx[0, 10] = EOT
+    changed = idx.clone()
+    changed[0, 2:10] = (changed[0, 2:10] + 1) % 256 + 4 * (changed[0, 2:10] < 4)
+    out, _ = model(idx)
+    out2, _ = model(changed)
+    torch.testing.assert_close(out[0, 10:], out2[0, 10:])  # the second document never saw the first
+    assert not torch.allclose(out[0, 9], out2[0, 9])
+
+
+@pytest.mark.parametrize("options", [MASKED, {**MASKED, "pos_emb": "learned", "window_pattern": "S"},
+                                     dict(attn_window=4, n_layer=2), dict(doc_causal=True, eot_token=EOT)],
+                         ids=["docs+windows", "learned", "windows", "docs"])
+def test_cached_decoding_equals_a_full_forward(options):
+    model = scrambled_model(**options)
+    idx = rows_with_documents(T=26) % 256  # prompt of 9 tokens, longer than the window of 5
+    full, _ = model(idx)
+    cache = KVCache(model.config, 2, 26, "cpu", torch.float32)
+    windowed = [layer.k.size(2) for layer, short in zip(cache.layers, short_window_layers(model.config)) if short]
+    assert windowed and all(size == model.config.attn_window for size in windowed) or not model.config.attn_window
+    pieces = [model(idx[:, :9], cache=cache)[0], model(idx[:, 9:13], cache=cache)[0]]  # prefill, then a chunk
+    pieces += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(13, 26)]  # then one token at a time
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-5, atol=1e-5)
+    prompt = idx[:, :9]
+    cached = torch.cat(list(generate(model, prompt, 15, temperature=0)), 1)
+    assert torch.equal(cached, torch.cat(list(generate(model, prompt, 15, temperature=0, use_cache=False)), 1))
+
+
+def test_the_window_schedule_grows_linearly_then_stays():
+    assert [attn_window(s, 1024, 128, 8) for s in (0, 1, 4, 8, 100)] == [128, 240, 576, 1024, 1024]
+    assert attn_window(0, 256, 0, 0) == 256  # off: the full window from the start
+
+
+def test_set_attn_window_changes_the_short_layers_only():
+    model = scrambled_model(**MASKED)
+    idx = rows_with_documents(T=30) % 256
+    before, _ = model(idx)
+    model.set_attn_window(2)
+    after, _ = model(idx)
+    assert not torch.allclose(before, after)
+    assert "short_window" not in model.state_dict()  # derived from the config and the step: never saved
+    model.set_attn_window(5)
+    torch.testing.assert_close(model(idx)[0], before)
+
+
+@pytest.mark.slow
+def test_masked_training_compiles_to_one_graph_and_a_new_window_does_not_recompile():
+    from torch._dynamo.testing import CompileCounter
+    model = scrambled_model(**MASKED).train()
+    idx = rows_with_documents(T=30) % 256
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda x, y: model(x, y)[1])(idx, idx)
+    reasons = [str(b.reason).splitlines()[0] for b in explained.break_reasons]
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), reasons
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    for window in (2, 3, 5):
+        model.set_attn_window(window)
+        compiled(idx, idx)[1].backward()
+    assert counter.frame_count == 1
+
+
+def frequent_token(data_dir: str) -> int:
+    """The most frequent token of the synthetic train shard: the documents' boundary in the tests below."""
+    tokens = np.asarray(open_shard(os.path.join(data_dir, "syn_train_000001.bin")))
+    return int(np.bincount(tokens).argmax())
+
+
+def masked_keys(data_dir: str) -> list[str]:
+    return ["--doc_causal=True", f"--eot_token={frequent_token(data_dir)}", "--attn_window=8", "--window_pattern=SL",
+            "--window_warmup_iters=6", "--window_start=2", "--pos_emb=rope"]
+
+
+@pytest.mark.slow  # three training runs
+def test_resume_with_documents_and_a_window_schedule_continues_exactly(synthetic_shards, tmp_path):
+    common = ["--eval_interval=4", "--lr_decay_iters=8", "--dropout=0.1", *masked_keys(synthetic_shards)]
+    run_train(synthetic_shards, tmp_path / "whole", "--max_iters=8", *common)
+    run_train(synthetic_shards, tmp_path / "split", "--max_iters=4", *common)
+    run_train(synthetic_shards, tmp_path / "split", "--max_iters=8", "--init_from=resume", *common)
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert sorted(losses(tmp_path / "whole")) == list(range(8))
+
+
+@pytest.mark.slow
+def test_ddp_with_documents_and_windows_matches_one_process(synthetic_shards, tmp_path):
+    from test_train import torchrun
+    args = ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2", *masked_keys(synthetic_shards)]
+    run_train(synthetic_shards, tmp_path / "single", *args)
+    r = torchrun(f"--data_dir={synthetic_shards}", *args, f"--out_dir={tmp_path / 'ddp'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert single.keys() == ddp.keys() and len(single) == 4
+    for step in single:
+        assert ddp[step] == pytest.approx(single[step], rel=1e-5)
+
+
+def test_window_warmup_needs_a_start_within_the_window(synthetic_shards, tmp_path):
+    from configurator import ConfigError
+    with pytest.raises(ConfigError, match="window_warmup_iters=10 grows the short attention window"):
+        run_train(synthetic_shards, tmp_path, "--window_warmup_iters=10", "--attn_window=8", "--window_start=0")
+
+
+def test_activation_checkpointing_passes_the_masks_and_keeps_the_gradients():
+    from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
+    idx = rows_with_documents(T=30) % 256
+    grads = []
+    for checkpointed in (False, True):
+        model = scrambled_model(**MASKED).train()
+        if checkpointed:
+            apply_activation_checkpointing(model)
+        model(idx, idx)[1].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0])
