@@ -346,9 +346,9 @@ class SoftcappedLinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of cap*tanh(x @ weight.T / cap) over the targets that are not -1, LOSS_CHUNK_ROWS
     rows at a time, the gradients of x and weight computed chunk by chunk during the forward pass (as
     liger-kernel's fused linear cross-entropy does) rather than by recomputing the logits in backward: that
-    saves one of the four (rows x C x vocab) matmuls a recompute needs, and costs no peak memory, since the
-    weight's gradient (vocab x C, fp32) is allocated at backward's start anyway, while every activation is
-    still held. Backward only scales them. x, weight: fp32 (the gradients come back in fp32); dtype: the
+    saves one of the four (rows x C x vocab) matmuls a recompute needs, at no higher peak memory: the
+    gradients (N x C and vocab x C, fp32) are held from the end of forward instead of from the start of
+    backward, and every activation is held at both moments. Backward only scales them. x, weight: fp32 (the gradients come back in fp32); dtype: the
     matmul dtype. A second backward through the same graph is refused (the gradients are scaled in place)."""
 
     @staticmethod
@@ -415,16 +415,17 @@ def fused_softcapped_loss(device_type: str, cap: float) -> tuple[str, Callable]:
     if device_type == "cuda":
         try:
             from cut_cross_entropy import linear_cross_entropy as cce
-            return "cut-cross-entropy", partial(with_kernel, partial(cce, ignore_index=-1, softcap=cap, filter_eps=None), cap)
+            kernel = partial(cce, ignore_index=-1, softcap=cap, filter_eps=None)
+            return "softcapped, cut-cross-entropy", partial(with_kernel, kernel, cap)
         except ImportError:
             pass
         try:
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as liger
-            return "liger-kernel", partial(with_kernel, partial(liger, ignore_index=-1, softcap=cap,
-                                                                accum_dtype=torch.float32), cap)
+            kernel = partial(liger, ignore_index=-1, softcap=cap, accum_dtype=torch.float32)
+            return "softcapped, liger-kernel", partial(with_kernel, kernel, cap)
         except ImportError:
             pass
-    return "chunked, ours", partial(softcapped_cross_entropy, cap=cap)
+    return "softcapped, ours", partial(softcapped_cross_entropy, cap=cap)
 
 
 def with_kernel(kernel: Callable, cap: float, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
