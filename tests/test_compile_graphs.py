@@ -13,14 +13,16 @@ from fineweb_gpt.distributed import Env
 from model import GPT
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
+SOFTCAP = (os.path.join(ROOT, "config", "train_fineweb.py"), "--logit_softcap=15")  # the softcapped chunked loss
 TINY_SHAPE = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=128"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_training_forward_and_loss_compile_to_one_graph(path, dtype):
-    cfg = parse_config(train.TrainConfig, [path, *TINY_SHAPE])
+@pytest.mark.parametrize("args", [(path,) for path in CONFIGS] + [SOFTCAP],
+                         ids=lambda args: " ".join(os.path.basename(a) for a in args))
+def test_training_forward_and_loss_compile_to_one_graph(args, dtype):
+    cfg = parse_config(train.TrainConfig, [*args, *TINY_SHAPE])
     torch.manual_seed(0)
     model = GPT(train.model_config(cfg)).train()
     train.set_memory_options(model, cfg, Env("cpu"))  # the config's chunked loss and checkpointing, as train.py sets them
