@@ -43,7 +43,7 @@ from train import TrainConfig, model_config, optimizer_settings, train
 
 # Each recipe's keys; the learning rate (of the block matrices) is swept. "modern" is what config/train_fineweb.py
 # trains: SwiGLU, so that it exports to transformers' Qwen3ForCausalLM. "relu2" is modded-nanogpt's MLP in its
-# place. "softcap" adds a logit softcap, which needs the full logits (the chunked loss cannot apply it).
+# place. "softcap" adds a logit softcap (applied inside the chunked loss, chunk by chunk).
 MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False, logit_softcap=0.0,
               zero_init_proj=True, bias=False, optimizer="muon", lr_schedule="wsd", cooldown_frac=0.4,
               weight_decay=0.0, beta1=0.8, beta2=0.95)
