@@ -172,3 +172,16 @@ def test_the_model_takes_the_kernel_of_its_device(monkeypatch):
     m = tiny_model(logit_softcap=CAP)
     m.set_chunked_loss(True)
     assert m.loss_kind == "kernel for cpu"
+
+
+@pytest.mark.slow
+def test_cut_cross_entropys_torch_path_equals_ours_on_cpu():
+    # cut-cross-entropy is optional (its package imports Triton); its torch.compile path runs on CPU, with the
+    # full logits. Its CUDA kernel is what a CUDA run uses; this checks the softcap's meaning is the same
+    cce = pytest.importorskip("cut_cross_entropy", reason="optional: pip install cut-cross-entropy")
+    x, weight, targets = rows()
+    ours = loss_and_grads(lambda *a: softcapped_cross_entropy(*a, dtype=torch.float32, cap=CAP), x, weight, targets)
+    theirs = loss_and_grads(lambda *a: cce.linear_cross_entropy(*a, ignore_index=-1, softcap=CAP, impl="torch_compile"),
+                            x, weight, targets)
+    for name, got, want in zip(("loss", "x", "weight"), ours, theirs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=name)
