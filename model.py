@@ -323,22 +323,26 @@ class SoftCap(nn.Module):
 
 
 def softcapped_chunk_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float,
-                          scale: torch.Tensor, grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk of rows: (summed cross-entropy of cap*tanh(x @ weight.T / cap) over the targets that are not
-    -1, and, with grads, d(loss * scale)/d(x @ weight.T) in fp32 (rows, vocab)). x and weight come in the
-    matmul dtype; the softcap, softmax and gradient run in fp32."""
+    -1, and, with grads, its gradient with respect to x @ weight.T in fp32 (rows, vocab)). x and weight come
+    in the matmul dtype; the softcap, softmax and gradient run in fp32."""
     capped = torch.tanh((x @ weight.t()).float().div_(cap))                           # (rows, V) tanh(z/c)
     logits = capped * cap                                                              # (rows, V) softcapped
-    lse = torch.logsumexp(logits, dim=1)                                               # (rows,)
     valid = targets != -1
     picked = targets.clamp(min=0).unsqueeze(1)                                         # (rows, 1) in range
-    losses = (lse - logits.gather(1, picked).squeeze(1)) * valid
+    target_logits = logits.gather(1, picked).squeeze(1)                                # (rows,)
+    # softmax in place (logsumexp would allocate another (rows, V) buffer): these two are all a chunk holds
+    top = logits.amax(dim=1, keepdim=True)                                             # (rows, 1)
+    exp = logits.sub_(top).exp_()                                                      # (rows, V)
+    total = exp.sum(dim=1, keepdim=True)                                               # (rows, 1)
+    losses = (top.squeeze(1) + total.log().squeeze(1) - target_logits) * valid
     if not grads:
         return losses.sum(), None
     # d loss / d logits = softmax - one_hot, per valid row; d logits / d z = 1 - tanh(z/c)^2
-    grad = logits.sub_(lse.unsqueeze(1)).exp_()                                        # (rows, V) softmax
+    grad = exp.div_(total)                                                             # (rows, V) softmax
     grad.scatter_add_(1, picked, -torch.ones_like(picked, dtype=grad.dtype))
-    grad.mul_((valid * scale).unsqueeze(1)).mul_(capped.square_().neg_().add_(1))
+    grad.mul_(valid.unsqueeze(1)).mul_(capped.square_().neg_().add_(1))
     return losses.sum(), grad
 
 
@@ -362,11 +366,14 @@ class SoftcappedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.size(0), LOSS_CHUNK_ROWS):
             rows = slice(start, start + LOSS_CHUNK_ROWS)
             low_x = x[rows].to(dtype)                                                  # (rows, C)
-            loss, grad = softcapped_chunk_loss(low_x, low_weight, targets[rows], cap, scale, grads=True)
+            loss, grad = softcapped_chunk_loss(low_x, low_weight, targets[rows], cap, grads=True)
             total = total + loss
-            low_grad = grad.to(dtype)  # the gradient matmuls at the matmul dtype's rate, summed in fp32
-            grad_x[rows] = (low_grad @ low_weight).float()
+            # the gradient matmuls at the matmul dtype's rate, summed in fp32; the mean's 1/N comes after them,
+            # in fp32, as it would underflow fp16 (the loss scale of float16 runs arrives only in backward)
+            low_grad = grad.to(dtype)
+            grad_x[rows] = (low_grad @ low_weight).float().mul_(scale)
             grad_weight.add_((low_grad.t() @ low_x).float())
+        grad_weight.mul_(scale)
         ctx.save_for_backward(grad_x, grad_weight)
         ctx.x_dtype, ctx.weight_dtype = x.dtype, weight.dtype
         return total * scale
@@ -390,7 +397,7 @@ def softcapped_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: tor
     total = x.new_zeros((), dtype=torch.float32)
     for start in range(0, x.size(0), LOSS_CHUNK_ROWS):
         rows = slice(start, start + LOSS_CHUNK_ROWS)
-        total = total + softcapped_chunk_loss(x[rows].to(dtype), low_weight, targets[rows], cap, scale, grads=False)[0]
+        total = total + softcapped_chunk_loss(x[rows].to(dtype), low_weight, targets[rows], cap, grads=False)[0]
     return total * scale
 
 
