@@ -28,8 +28,9 @@ rope + rmsnorm + qk_norm + swiglu and no bias or softcap the model is a Qwen3 mo
 Attention runs through torch's scaled_dot_product_attention (FlexAttention for document or window masks on
 CUDA) and can write into a preallocated KV cache
 (KVCache) so that generation (fineweb_gpt/generation.py) feeds one new token per step. The training loss runs the
-output head and the cross-entropy together in chunks (torch's linear_cross_entropy), so the
-(tokens x vocab) logits are never held at once (set_chunked_loss). The model is single-device code:
+output head, the logit softcap and the cross-entropy together in chunks (torch's linear_cross_entropy, or
+SoftcappedLinearCrossEntropy with a softcap), so the (tokens x vocab) logits are never held at once
+(set_chunked_loss). The model is single-device code:
 activation checkpointing, compile and DDP are applied to it from outside (train.py,
 fineweb_gpt/activation_checkpointing.py). This file depends on torch alone.
 """
@@ -37,7 +38,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -692,6 +695,127 @@ class SoftCap(nn.Module):
         return self.cap * torch.tanh(logits / self.cap)
 
 
+def softcapped_chunk_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float,
+                          grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of rows: (summed cross-entropy of cap*tanh(x @ weight.T / cap) over the targets that are not
+    -1, and, with grads, its gradient with respect to x @ weight.T in fp32 (rows, vocab)). x and weight come
+    in the matmul dtype; the softcap, softmax and gradient run in fp32."""
+    capped = torch.tanh((x @ weight.t()).float().div_(cap))                           # (rows, V) tanh(z/c)
+    logits = capped * cap                                                              # (rows, V) softcapped
+    valid = targets != -1
+    picked = targets.clamp(min=0).unsqueeze(1)                                         # (rows, 1) in range
+    target_logits = logits.gather(1, picked).squeeze(1)                                # (rows,)
+    # softmax in place (logsumexp would allocate another (rows, V) buffer): these two are all a chunk holds
+    top = logits.amax(dim=1, keepdim=True)                                             # (rows, 1)
+    exp = logits.sub_(top).exp_()                                                      # (rows, V)
+    total = exp.sum(dim=1, keepdim=True)                                               # (rows, 1)
+    losses = (top.squeeze(1) + total.log().squeeze(1) - target_logits) * valid
+    if not grads:
+        return losses.sum(), None
+    # d loss / d logits = softmax - one_hot, per valid row; d logits / d z = 1 - tanh(z/c)^2
+    grad = exp.div_(total)                                                             # (rows, V) softmax
+    grad.scatter_add_(1, picked, -torch.ones_like(picked, dtype=grad.dtype))
+    grad.mul_(valid.unsqueeze(1)).mul_(capped.square_().neg_().add_(1))
+    return losses.sum(), grad
+
+
+class SoftcappedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of cap*tanh(x @ weight.T / cap) over the targets that are not -1, LOSS_CHUNK_ROWS
+    rows at a time, the gradients of x and weight computed chunk by chunk during the forward pass (as
+    liger-kernel's fused linear cross-entropy does) rather than by recomputing the logits in backward: that
+    saves one of the four (rows x C x vocab) matmuls a recompute needs, at no higher peak memory: the
+    gradients (N x C and vocab x C, fp32) are held from the end of forward instead of from the start of
+    backward, and every activation is held at both moments. Backward only scales them. x, weight: fp32 (the gradients come back in fp32); dtype: the
+    matmul dtype. A second backward through the same graph is refused (the gradients are scaled in place)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float,
+                dtype: torch.dtype) -> torch.Tensor:
+        scale = 1.0 / (targets != -1).sum()  # the mean's divisor, as F.cross_entropy's (nan with no valid row)
+        low_weight = weight.to(dtype)                                                  # (V, C)
+        grad_x = torch.empty_like(x, dtype=torch.float32)                              # (N, C)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)                    # (V, C)
+        total = x.new_zeros((), dtype=torch.float32)
+        for start in range(0, x.size(0), LOSS_CHUNK_ROWS):
+            rows = slice(start, start + LOSS_CHUNK_ROWS)
+            low_x = x[rows].to(dtype)                                                  # (rows, C)
+            loss, grad = softcapped_chunk_loss(low_x, low_weight, targets[rows], cap, grads=True)
+            total = total + loss
+            # the gradient matmuls at the matmul dtype's rate, summed in fp32; the mean's 1/N comes after them,
+            # in fp32, as it would underflow fp16 (the loss scale of float16 runs arrives only in backward)
+            low_grad = grad.to(dtype)
+            grad_x[rows] = (low_grad @ low_weight).float().mul_(scale)
+            grad_weight.add_((low_grad.t() @ low_x).float())
+        grad_weight.mul_(scale)
+        ctx.save_for_backward(grad_x, grad_weight)
+        ctx.x_dtype, ctx.weight_dtype = x.dtype, weight.dtype
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_x, grad_weight = ctx.saved_tensors
+        return (grad_x.mul_(grad_loss).to(ctx.x_dtype), grad_weight.mul_(grad_loss).to(ctx.weight_dtype),
+                None, None, None)
+
+
+def softcapped_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
+                             cap: float) -> torch.Tensor:
+    """Mean cross-entropy of cap*tanh(x @ weight.T / cap) over the targets that are not -1, for x (N, C),
+    weight (V, C), targets (N,), with the matmuls in dtype; never more than LOSS_CHUNK_ROWS rows of logits at
+    once. With gradients: SoftcappedLinearCrossEntropy; without (evaluation): the loss alone."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return SoftcappedLinearCrossEntropy.apply(x, weight, targets, cap, dtype)
+    scale = 1.0 / (targets != -1).sum()
+    low_weight = weight.to(dtype)
+    total = x.new_zeros((), dtype=torch.float32)
+    for start in range(0, x.size(0), LOSS_CHUNK_ROWS):
+        rows = slice(start, start + LOSS_CHUNK_ROWS)
+        total = total + softcapped_chunk_loss(x[rows].to(dtype), low_weight, targets[rows], cap, grads=False)[0]
+    return total * scale
+
+
+def torch_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               dtype: torch.dtype) -> torch.Tensor:
+    """Mean cross-entropy of x @ weight.T over the targets that are not -1 (x (N, C), weight (V, C)) through
+    torch's chunked F.linear_cross_entropy, the matmuls in dtype. allow_retain_graph=True keeps torch.compile's
+    graph whole (without it the op warns, a graph break). The row count is set explicitly: torch's automatic
+    choice sizes chunks by the vocab-to-width ratio, which gave chunks of a few rows for small models, 10x
+    slower than plain on CPU."""
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=LOSS_CHUNK_ROWS, chunking_method=None,
+                                                 allow_retain_graph=True)
+    return F.linear_cross_entropy(x.to(dtype), weight.to(dtype), targets, ignore_index=-1, options=options)
+
+
+def fused_softcapped_loss(device_type: str, cap: float) -> tuple[str, Callable]:
+    """(name, loss) of the softcapped chunked loss for a device, called as softcapped_cross_entropy is: on CUDA a
+    maintained fused kernel when its package is installed (both are Triton kernels, so CUDA only; neither is a
+    requirement of this project), else ours. cut-cross-entropy comes first: it never builds even one chunk of
+    logits. Its gradient filter is off (filter_eps=None), so its gradients are the exact ones; liger-kernel
+    sums the weight's gradient in fp32 (accum_dtype). Evaluation (no gradients) always runs ours, in fp32."""
+    if device_type == "cuda":
+        try:
+            from cut_cross_entropy import linear_cross_entropy as cce
+            kernel = partial(cce, ignore_index=-1, softcap=cap, filter_eps=None)
+            return "softcapped, cut-cross-entropy", partial(with_kernel, kernel, cap)
+        except ImportError:
+            pass
+        try:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as liger
+            kernel = partial(liger, ignore_index=-1, softcap=cap, accum_dtype=torch.float32)
+            return "softcapped, liger-kernel", partial(with_kernel, kernel, cap)
+        except ImportError:
+            pass
+    return "softcapped, ours", partial(softcapped_cross_entropy, cap=cap)
+
+
+def with_kernel(kernel: Callable, cap: float, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+    """A fused kernel's loss while training; ours without gradients (evaluation in fp32)."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return kernel(x.to(dtype), weight.to(dtype), targets)
+    return softcapped_cross_entropy(x, weight, targets, dtype, cap)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -860,10 +984,18 @@ class GPT(nn.Module):
     def set_chunked_loss(self, chunked: bool) -> bool:
         """How the training loss is computed (the same loss either way; not saved): the output head and the
         cross-entropy together in chunks, never holding the (B*T, vocab) logits (on by default), or from
-        the full logits. A logit softcap needs the full logits, so with one the loss is never chunked.
-        Returns whether the loss is chunked."""
-        self.loss_chunked = chunked and not self.config.logit_softcap
-        self.loss = self.loss_by_chunks if self.loss_chunked else self.loss_from_logits
+        the full logits. The chunks apply the logit softcap too (fused_softcapped_loss picks the kernel for
+        the parameters' device, so call this on the model already on its device). Returns whether the loss is
+        chunked; loss_kind names how."""
+        self.loss_chunked = chunked
+        self.loss = self.loss_by_chunks if chunked else self.loss_from_logits
+        cap = self.config.logit_softcap
+        if cap:
+            self.loss_kind, self.head_loss = fused_softcapped_loss(self.lm_head.weight.device.type, cap)
+        else:
+            self.loss_kind, self.head_loss = "torch's linear_cross_entropy", torch_linear_cross_entropy
+        if not chunked:
+            self.loss_kind = "full logits"
         return self.loss_chunked
 
     def loss_from_logits(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -875,21 +1007,16 @@ class GPT(nn.Module):
         return None, self.chunked_cross_entropy(x, targets)
 
     def chunked_cross_entropy(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """lm_head + cross-entropy over the (B*T) rows, LOSS_CHUNK_ROWS rows at a time: the logits exist one
-        chunk at a time. Training under autocast runs the head's matmuls in the autocast dtype (bf16 or fp16:
-        the tensor-core rate, not TF32's) with softmax and gradients accumulated in fp32 (torch's acc_dtype);
-        the loss comes back as fp32, though for bf16 inputs torch sums it in bf16 (about 3 significant
-        digits per micro-batch; the logged loss averages the micro-batches in fp32). Without gradients
-        (evaluation) it runs in fp32, so val losses compare to 4 decimals whatever the training dtype.
-        allow_retain_graph=True keeps torch.compile's graph whole (without it the op warns, a graph break).
-        The row count is set explicitly: torch's automatic choice sizes chunks by the vocab-to-width
-        ratio, which gave chunks of a few rows for small models, 10x slower than plain on CPU."""
-        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=LOSS_CHUNK_ROWS, chunking_method=None,
-                                                     allow_retain_graph=True)
+        """lm_head (+ softcap) + cross-entropy over the (B*T) rows, LOSS_CHUNK_ROWS rows at a time: the logits
+        exist one chunk at a time (head_loss, set by set_chunked_loss). Training under autocast runs the head's
+        matmuls in the autocast dtype (bf16 or fp16: the tensor-core rate, not TF32's) with softmax and
+        gradients accumulated in fp32; the loss comes back as fp32, though for bf16 inputs torch's op (no
+        softcap) sums it in bf16 (about 3 significant digits per micro-batch; the logged loss averages the
+        micro-batches in fp32). Without gradients (evaluation) it runs in fp32, so val losses compare to 4
+        decimals whatever the training dtype."""
         device = x.device.type
         low = torch.is_autocast_enabled(device) and torch.is_grad_enabled()
         dtype = torch.get_autocast_dtype(device) if low else torch.float32
         with torch.autocast(device, enabled=False):
-            loss = F.linear_cross_entropy(x.reshape(-1, x.size(-1)).to(dtype), self.lm_head.weight.to(dtype),
-                                          targets.reshape(-1), ignore_index=-1, options=options)
+            loss = self.head_loss(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), dtype)
         return loss.float()

@@ -87,7 +87,7 @@ class TrainConfig(ModelKeys):
                          "best-fit, every row starts at a document) or 'crop' (every row starts at a document, cut at "
                          "the row's end)", choices=("off", "bestfit", "crop"))
     chunked_loss: bool = key(True, "compute the training loss in chunks, never holding the (B*T, vocab) logits "
-                             "(same loss; not with logit_softcap, which needs them)")
+                             "(same loss, logit_softcap included)")
     activation_checkpointing: bool = key(False, "recompute each block's activations during backward: far less "
                                          "memory for about one more forward pass of compute")
     # optimizer and schedule
@@ -356,8 +356,7 @@ def set_memory_options(model: GPT, cfg: TrainConfig, env: Env) -> None:
     chunked = model.set_chunked_loss(cfg.chunked_loss)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
-    why_not = "" if chunked or not cfg.chunked_loss else " (logit_softcap needs the full logits)"
-    env.print0(f"memory: chunked loss {'on' if chunked else 'off' + why_not}, activation checkpointing "
+    env.print0(f"memory: chunked loss {f'on ({model.loss_kind})' if chunked else 'off'}, activation checkpointing "
                f"{'on' if cfg.activation_checkpointing else 'off'}")
 
 

@@ -5,6 +5,7 @@ checkpointing, and nanoGPT's model at the same shape as the reference.
     python bench/memory.py --nanogpt_dir=../nanoGPT --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
         --batch_size=4 --warmup_steps=1 --steps=2                          # GPT-2 small's shape
     python bench/memory.py --mode=loss --n_embd=768 --loss_chunk_rows=512  # the loss alone: 4,096 x 768 x 50,304
+    python bench/memory.py --mode=loss --n_embd=768 --logit_softcap=15     # softcapped: plain vs our chunks
     python bench/memory.py --mode=compile                                  # what the chunked op's graph break costs
 
 Each variant runs in its own process, so its peak resident set size (VmHWM) is its own. A step is what
@@ -33,12 +34,13 @@ import torch.nn.functional as F
 
 from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from configurator import ConfigError, key, run_main
-from model import GPT, LOSS_CHUNK_ROWS, GPTConfig
+import model as model_module
+from model import GPT, LOSS_CHUNK_ROWS, GPTConfig, SoftCap, softcapped_cross_entropy
 from fineweb_gpt.optimizer import OptimizerSettings, make_optimizer
 
 MODES = {  # the variants each mode compares, in table order
     "step": ("plain", "chunked", "chunked+ckpt", "nanogpt"),
-    "loss": ("loss-plain", "loss-chunked"),
+    "loss": ("loss-plain", "loss-chunked", "loss-softcap-chunked"),
     "compile": ("plain", "chunked", "plain+compile", "chunked+compile"),
 }
 RESULT = "bench_memory result: "  # the line a variant's process reports on
@@ -49,7 +51,7 @@ class MemoryBenchConfig:
     mode: str = key("step", "'step': a training step per variant; 'loss': the head + cross-entropy alone; "
                     "'compile': plain and chunked loss, eager and torch.compile", choices=tuple(MODES))
     variants: str = key("", "comma-separated subset of the mode's variants ('' = all): plain, chunked, chunked+ckpt, "
-                        "nanogpt; loss-plain, loss-chunked; plain+compile, chunked+compile")
+                        "nanogpt; loss-plain, loss-chunked, loss-softcap-chunked; plain+compile, chunked+compile")
     nanogpt_dir: str = key("", "a nanoGPT checkout whose model.py is the reference ('' = leave it out)")
     n_layer: int = key(4, "transformer blocks", range="[1, inf)")
     n_head: int = key(4, "attention heads", range="[1, inf)")
@@ -59,6 +61,9 @@ class MemoryBenchConfig:
     vocab_size: int = key(50304, "vocabulary (GPT-2's, padded)", range="[1, inf)")
     loss_rows: int = key(4096, "mode=loss: positions (rows of hidden states)", range="[1, inf)")
     loss_chunk_rows: int = key(0, "mode=loss: rows per chunk (0 = the training loss's, model.LOSS_CHUNK_ROWS)",
+                               range="[0, inf)")
+    logit_softcap: float = key(0.0, "mode=loss: a logit softcap c (0 = off): loss-plain applies it to the full logits, "
+                               "loss-softcap-chunked (needs one) in chunks; loss-chunked (torch's op) never does",
                                range="[0, inf)")
     warmup_steps: int = key(2, "untimed steps first", range="[0, inf)")
     steps: int = key(5, "timed steps", range="[1, inf)")
@@ -149,16 +154,20 @@ def timed(run, cfg: MemoryBenchConfig, tokens: int) -> dict:
 
 
 def run_loss(cfg: MemoryBenchConfig, variant: str) -> dict:
-    """The head matmul + cross-entropy, forward and backward, at loss_rows x n_embd x vocab_size."""
+    """The head matmul (+ softcap) + cross-entropy, forward and backward, at loss_rows x n_embd x vocab_size."""
     x = torch.randn(cfg.loss_rows, cfg.n_embd, requires_grad=True)                    # (N, C)
     w = (0.02 * torch.randn(cfg.vocab_size, cfg.n_embd)).requires_grad_()              # (V, C)
     targets = torch.randint(cfg.vocab_size, (cfg.loss_rows,))
     options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=cfg.loss_chunk_rows or LOSS_CHUNK_ROWS,
                                                  chunking_method=None)
+    model_module.LOSS_CHUNK_ROWS = cfg.loss_chunk_rows or LOSS_CHUNK_ROWS  # our softcapped chunks: the same rows
+    softcap = SoftCap(cfg.logit_softcap) if cfg.logit_softcap else torch.nn.Identity()
 
     def forward_backward() -> float:
         if variant == "loss-plain":
-            loss = F.cross_entropy(x @ w.t(), targets)  # the (N, V) logits exist whole
+            loss = F.cross_entropy(softcap(x @ w.t()), targets)  # the (N, V) logits exist whole
+        elif variant == "loss-softcap-chunked":
+            loss = softcapped_cross_entropy(x, w, targets, torch.float32, cfg.logit_softcap)
         else:
             loss = F.linear_cross_entropy(x, w, targets, options=options)
         loss.backward()
@@ -185,6 +194,10 @@ def chosen_variants(cfg: MemoryBenchConfig) -> list[str]:
     unknown = [v for v in names if v not in MODES[cfg.mode]]
     if unknown:
         raise ConfigError(f"variants {unknown} are not in mode={cfg.mode}'s {', '.join(MODES[cfg.mode])}")
+    if "loss-softcap-chunked" in names and not cfg.logit_softcap:
+        if cfg.variants:
+            raise ConfigError("variant loss-softcap-chunked needs a softcap: pass --logit_softcap=C (e.g. 15)")
+        names.remove("loss-softcap-chunked")
     if "nanogpt" in names and not cfg.nanogpt_dir:
         names.remove("nanogpt")
         print("nanogpt: left out; pass --nanogpt_dir=PATH to a nanoGPT checkout "
@@ -205,7 +218,9 @@ def measure(argv: list[str], variant: str) -> dict:
 
 
 def table(cfg: MemoryBenchConfig, results: dict[str, dict]) -> str:
-    what = (f"{cfg.loss_rows:,} positions x {cfg.n_embd} x {cfg.vocab_size:,}, forward + backward" if cfg.mode == "loss"
+    softcap = f", logit softcap {cfg.logit_softcap:g} (not in loss-chunked)" if cfg.logit_softcap else ""
+    what = (f"{cfg.loss_rows:,} positions x {cfg.n_embd} x {cfg.vocab_size:,}, forward + backward{softcap}"
+            if cfg.mode == "loss"
             else f"{cfg.n_layer}L/{cfg.n_embd}/T{cfg.block_size}/B{cfg.batch_size}, fp32, full training step")
     base = results.get("nanogpt") if "tok_per_s" in results.get("nanogpt", {}) else None
     plain = next((results[v] for v in ("plain", "loss-plain") if "peak_rss_gb" in results.get(v, {})), None)

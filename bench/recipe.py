@@ -55,6 +55,10 @@ RECIPES = ("gpt2", "modern")  # "modern" is MODERN with the options of --base
 OPTIONS = {
     "relu2": dict(mlp="relu2"),                       # modded-nanogpt's MLP in place of SwiGLU
     "softcap": dict(logit_softcap=15.0),              # modded-nanogpt's cap, applied inside the chunked loss
+    "ve": dict(value_embeds=2),                       # 2 tables: layers 0, 1 and 2, 3 of the 4
+    "lambdas": dict(x0_lambdas=True),
+    "unet": dict(unet_skips=True),
+    "init": dict(init="nanochat"),                    # nanochat's initial scales
 }
 
 

@@ -167,7 +167,7 @@ def test_memory_options_reach_the_model(synthetic_shards, tmp_path, capsys):
     assert not model.loss_chunked and all(is_checkpointed(block) for block in model.transformer.h)
     assert "chunked loss off, activation checkpointing on" in capsys.readouterr().out
     run_train(synthetic_shards, tmp_path, "--max_iters=1", "--activation_checkpointing=True", "--logit_softcap=15")
-    assert "chunked loss off (logit_softcap needs the full logits), activation checkpointing on" in capsys.readouterr().out
+    assert "chunked loss on (softcapped, ours), activation checkpointing on" in capsys.readouterr().out
 
 
 def test_the_memory_cap_follows_free_memory_not_the_total():

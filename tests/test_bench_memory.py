@@ -25,6 +25,10 @@ def test_step_and_loss_modes_report_every_variant_with_the_same_loss():
     r = bench("--mode=loss", "--loss_rows=64")
     rows = {line.split("|")[1].strip(): line.split("|") for line in r.stdout.splitlines() if line.startswith("| ")}
     assert rows["loss-plain"][7] == rows["loss-chunked"][7], r.stdout
+    assert "loss-softcap-chunked" not in rows  # it needs a softcap
+    r = bench("--mode=loss", "--loss_rows=64", "--logit_softcap=0.5", "--variants=loss-plain,loss-softcap-chunked")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in r.stdout.splitlines() if line.startswith("| ")}
+    assert rows["loss-plain"][7] == rows["loss-softcap-chunked"][7], r.stdout  # both softcapped, the same loss
 
 
 @pytest.mark.slow
@@ -32,4 +36,6 @@ def test_a_wrong_nanogpt_dir_or_variant_is_a_message():
     r = bench("--nanogpt_dir=/nonexistent")
     assert r.returncode != 0 and "holds no model.py" in r.stderr and "Traceback" not in r.stderr
     r = bench("--mode=loss", "--variants=chunked")
-    assert "not in mode=loss's loss-plain, loss-chunked" in r.stderr
+    assert "not in mode=loss's loss-plain, loss-chunked, loss-softcap-chunked" in r.stderr
+    r = bench("--mode=loss", "--variants=loss-softcap-chunked")
+    assert r.returncode != 0 and "pass --logit_softcap=C" in r.stderr and "Traceback" not in r.stderr

@@ -17,7 +17,9 @@ TINY_SHAPE = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--
 # the shipped configs as they are, and the modern one with the record line's model options on
 RECORD = ["--value_embeds=1", "--x0_lambdas=True", "--unet_skips=True"]
 CASES = [pytest.param(path, [], id=os.path.basename(path)) for path in CONFIGS] + \
-    [pytest.param(os.path.join(ROOT, "config", "train_fineweb.py"), RECORD, id="train_fineweb.py+record")]
+    [pytest.param(os.path.join(ROOT, "config", "train_fineweb.py"), RECORD, id="train_fineweb.py+record"),
+     pytest.param(os.path.join(ROOT, "config", "train_fineweb.py"), ["--logit_softcap=15"],  # the softcapped chunked loss
+                  id="train_fineweb.py+softcap")]
 
 
 @pytest.mark.slow
