@@ -381,7 +381,8 @@ def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple
     return optimizer, peak_lrs, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
 
 
-def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, state: LoopState) -> tuple[TrainConfig, BatchSchedule]:
+def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp,
+                state: LoopState) -> tuple[TrainConfig, BatchSchedule]:
     """(cfg with batch_size=auto replaced by the micro-batch chosen, the micro-steps per rank of each update),
     printed. The loop state keeps auto's choice, so that a resume does not probe again, and the tokens trained
     on (a checkpoint from before that count trained every update at the full batch)."""

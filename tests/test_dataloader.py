@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from fineweb_gpt.dataloader import HEADER_BYTES, ShardError, best_fit_rows, TrainLoader, ValSet, find_shards, header_for, open_shard, read_header
+from fineweb_gpt.dataloader import (HEADER_BYTES, ShardError, TrainLoader, ValSet, best_fit_rows, find_shards,
+                                    header_for, open_shard, read_header)
 
 
 def write_shard(path, tokens, dtype=np.uint16):

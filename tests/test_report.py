@@ -76,8 +76,8 @@ def test_end_of_run_summary(tmp_path):
 def test_summary_of_a_stopped_resumed_run_with_separate_checkpoints(tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"x" * 10)
     (tmp_path / "ckpt_best.pt").write_bytes(b"y" * 10)
-    text = summary(tmp_path / "..", first_step=100, last_step=150, tokens=150 * 1024, final_val_loss=None, final_val_bpb=None,
-                   best_val_loss=7.5, best_val_bpb=None, out_dir=str(tmp_path))
+    text = summary(tmp_path / "..", first_step=100, last_step=150, tokens=150 * 1024, final_val_loss=None,
+                   final_val_bpb=None, best_val_loss=7.5, best_val_bpb=None, out_dir=str(tmp_path))
     lines = text.splitlines()
     assert lines[0].startswith("run stopped at step 150 of 200: 150 steps (this session: from step 100), 153,600 tokens")
     assert lines[1] == "  best val loss 7.5000"
