@@ -33,7 +33,7 @@ from fineweb_gpt import distributed, hardware, plan, schedule, tokenizer
 from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from fineweb_gpt.atomic import publish_copy
 from fineweb_gpt.autobatch import NothingFits, is_out_of_memory
-from fineweb_gpt.batch import auto_batch_size, resolve_batch
+from fineweb_gpt.batch import BatchSchedule, auto_batch_size, resolve_batch
 from fineweb_gpt.checkpoint import (BEST, LATEST, LoopState, build_model, load_checkpoint, loop_state,
                                     rng_state, save_checkpoint, set_rng_state, training_checkpoint)
 from fineweb_gpt import report
@@ -81,6 +81,11 @@ class TrainConfig(ModelKeys):
                                            "total_batch_size)", range="[0, inf)")
     total_batch_size: int = key(0, "tokens per update; gradient_accumulation_steps is derived from it (0 = not set)",
                                 range="[0, inf)")
+    batch_warmup_iters: int = key(0, "steps over which the tokens per update grow from batch_start_frac of "
+                                  "total_batch_size to all of it, through the accumulation count in whole micro-steps "
+                                  "(0 = the full batch from the start)", range="[0, inf)")
+    batch_start_frac: float = key(0.25, "batch_warmup_iters: fraction of the micro-steps per update at step 0",
+                                  range="(0, 1]")
     reprobe_batch_size: bool = key(False, "batch_size=auto on resume: probe again instead of reusing the micro-batch "
                                    "stored in the checkpoint")
     doc_align: str = key("off", "training rows: 'off' (windows at random offsets), 'bestfit' (whole documents packed "
@@ -234,7 +239,11 @@ def load_data(cfg: TrainConfig, env: Env) -> tuple[TrainLoader, ValSet, dict]:
     data_dir = data_dir_of(cfg)
     meta = read_meta(data_dir)
     tok_record = tokenizer.describe(meta)
-    train_loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, cfg.seed, env.rank, env.world_size, env.device)
+    if cfg.doc_align != "off" and meta.get("eot_id", cfg.eot_token) != cfg.eot_token:
+        raise ConfigError(f"doc_align={cfg.doc_align} opens rows at eot_token={cfg.eot_token}, but the shards' "
+                          f"end-of-text token is {meta['eot_id']} (meta.json): set --eot_token={meta['eot_id']}")
+    train_loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, cfg.seed, env.rank, env.world_size, env.device,
+                               cfg.doc_align, cfg.eot_token)
     val_set = ValSet(data_dir, cfg.val_batch_size or cfg.batch_size, cfg.block_size, cfg.eval_iters, env.device)
     env.print0(val_set.count_text_bytes(meta))  # the bytes behind bits per byte, or why it is n/a
     return train_loader, val_set, tok_record
@@ -391,9 +400,11 @@ def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple
     return optimizer, peak_lrs, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
 
 
-def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, state: LoopState) -> tuple[TrainConfig, int, int]:
-    """(cfg with batch_size=auto replaced by the micro-batch chosen, micro-steps per rank, tokens per update),
-    printed. The loop state keeps auto's choice, so that a resume does not probe again."""
+def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp,
+                state: LoopState) -> tuple[TrainConfig, BatchSchedule]:
+    """(cfg with batch_size=auto replaced by the micro-batch chosen, the micro-steps per rank of each update),
+    printed. The loop state keeps auto's choice, so that a resume does not probe again, and the tokens trained
+    on (a checkpoint from before that count trained every update at the full batch)."""
     if cfg.batch_size == "auto":
         cfg = replace(cfg, batch_size=auto_batch_size(cfg, env, model, optimizer, amp, state.auto_batch_size))
         state.auto_batch_size = cfg.batch_size
@@ -403,7 +414,18 @@ def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp, state: L
     env.print0(f"batch: {tokens_per_step:,} tokens/update = {report.plural(cfg.batch_size, 'sequence')} x "
                f"{report.plural(cfg.block_size, 'token')} x {report.plural(accum_steps, 'micro-step')} x "
                f"{report.plural(env.world_size, 'process', 'processes')}")
-    return cfg, accum_steps, tokens_per_step
+    batches = BatchSchedule(accum_steps, tokens_per_step // accum_steps, cfg.batch_warmup_iters, cfg.batch_start_frac)
+    if cfg.batch_warmup_iters:
+        if batches.accum_at(0) == accum_steps:
+            raise ConfigError(f"batch_warmup_iters={cfg.batch_warmup_iters} grows the batch through the accumulation "
+                              f"count, but batch_start_frac={cfg.batch_start_frac} of {accum_steps} micro-step(s) per "
+                              f"process rounds up to all of them: lower batch_size or raise total_batch_size so that "
+                              f"an update holds several micro-steps, or lower batch_start_frac")
+        env.print0(f"batch schedule: {batches.accum_at(0)} of {accum_steps} micro-steps per process at step 0, all "
+                   f"{accum_steps} from step {cfg.batch_warmup_iters} on")
+    if state.tokens is None:
+        state.tokens = state.step * tokens_per_step
+    return cfg, batches
 
 
 def check_can_continue(ckpt: dict, state: LoopState, cfg: TrainConfig, env: Env) -> None:
@@ -536,7 +558,8 @@ def train(cfg: TrainConfig) -> dict:
         optimizer, peak_lrs, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         # batch_size=auto is probed with the compiled model and the optimizer; the data, batched by it, comes after
         compiled = compile_model(raw_model, cfg, env)
-        cfg, accum_steps, tokens_per_step = setup_batch(cfg, env, compiled, optimizer, amp, state)
+        cfg, batches = setup_batch(cfg, env, compiled, optimizer, amp, state)
+        tokens_per_step = batches.tokens_per_step  # of a full update
         train_loader, val_set, tok_record = load_data(cfg, env)
         check_data_fits(raw_model, tok_record, train_loader, val_set)
         restore(ckpt, state, cfg, env, optimizer, scaler, train_loader, dtype)
@@ -546,9 +569,10 @@ def train(cfg: TrainConfig) -> dict:
                       "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device),
                       "tokenizer": tok_record})  # plot.py shows reference curves only for runs on their tokenizer
         state.wandb_run_id = log.wandb.id or state.wandb_run_id
-        flops_per_step = raw_model.flops_per_token(cfg.block_size) * tokens_per_step
+        flops_per_token = raw_model.flops_per_token(cfg.block_size)
         start_step, eval_s = state.step, 0.0
-        horizon = plan.Horizon(cfg, state, env, clock, raw_model.num_params()["total"], tokens_per_step)
+        horizon = plan.Horizon(cfg, state, env, clock, raw_model.num_params()["total"], tokens_per_step,
+                               batches.tokens_before)
         if cfg.time_budget:
             env.print0(horizon.describe())
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
@@ -562,7 +586,7 @@ def train(cfg: TrainConfig) -> dict:
                 lr, last_step, final_update = horizon.at(step, step_times, eval_s)  # max_iters or the clock decides
                 raw_model.set_attn_window(schedule.attn_window(step, cfg.attn_window, cfg.window_start,  # from the step:
                                                                cfg.window_warmup_iters))  # a resume continues it
-                row = {"step": step, "tokens": step * tokens_per_step}
+                row = {"step": step, "tokens": state.tokens}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)
                 before_stop = resumed_val if step == start_step else None
@@ -594,6 +618,7 @@ def train(cfg: TrainConfig) -> dict:
                 for group, peak in zip(optimizer.param_groups, peak_lrs):
                     group["lr"] = peak * lr / cfg.learning_rate  # every group follows the main group's schedule
                 loss_sum = torch.zeros((), device=env.device)
+                accum_steps, step_tokens = batches.accum_at(step), batches.tokens_at(step)
                 for micro in range(accum_steps):
                     sync = not env.ddp or micro == accum_steps - 1  # all-reduce gradients on the last micro-step only
                     with (nullcontext() if sync else model.no_sync()), amp:
@@ -613,16 +638,17 @@ def train(cfg: TrainConfig) -> dict:
                 hardware.synchronize(env.device)
                 dt = time.time() - t_step
                 step_times.append(dt)
+                state.tokens += step_tokens
 
                 if step % cfg.log_interval == 0 or final_update:  # the last update too: curves end with the run
-                    mfu = hardware.mfu(flops_per_step / dt, env.device, cfg.peak_tflops, env.world_size)
+                    mfu = hardware.mfu(flops_per_token * step_tokens / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
-                    row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tokens_per_step / dt, mfu=mfu,
+                    row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=step_tokens / dt, mfu=mfu,
                                elapsed=clock.elapsed(), peak_mem_gib=mem)
                     env.print0(f"step {step}: loss {last_loss:.4f} | lr {lr:.3e} | grad norm {grad_norm:.3f} | "
-                               f"{tokens_per_step / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
+                               f"{step_tokens / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
                                f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms | "
-                               f"{short_count((step + 1) * tokens_per_step)} tokens | "
+                               f"{short_count(state.tokens)} tokens | "
                                f"ETA {horizon.time_left(step, step_times)}")
                 if len(row) > 2:
                     log.record(row)
@@ -638,7 +664,7 @@ def train(cfg: TrainConfig) -> dict:
         final = val_loss if val_step == state.step else None  # a stop between evals has no val loss of its step
         best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
         env.print0(report.run_summary(report.RunSummary(
-            cfg.out_dir, start_step, state.step, cfg.max_iters if not cfg.time_budget else budget_end, tokens_per_step,
+            cfg.out_dir, start_step, state.step, cfg.max_iters if not cfg.time_budget else budget_end, state.tokens,
             clock.elapsed(), final,
             val_set.bits_per_byte(final) if final is not None else None, best,
             val_set.bits_per_byte(best) if best is not None else None, [LATEST, BEST])))

@@ -5,6 +5,7 @@ number that does not divide is explained with the numbers involved and the neare
 """
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from configurator import ConfigError
@@ -74,3 +75,35 @@ def auto_batch_size(cfg: BatchKeys, env: Env, model, optimizer, amp, stored: int
     env.print0(f"batch_size=auto: {how}" + (f"; the processes found {sizes}: all use the smallest, {min(sizes)}"
                                             if len(set(sizes)) > 1 else ""))
     return min(sizes)
+
+
+class BatchSchedule:
+    """Tokens per update growing during training through the gradient accumulation count (so it works on one
+    GPU and under DDP alike; modded-nanogpt's record line grows its batch during training too): micro-steps
+    per process rise linearly from start_frac of the full count at step 0 to the full count at warmup_iters,
+    in whole micro-steps (rounded up, at least one). warmup_iters=0: the full count from the start."""
+
+    def __init__(self, accum_steps: int, tokens_per_micro: int, warmup_iters: int = 0, start_frac: float = 1.0):
+        self.accum_steps, self.tokens_per_micro = accum_steps, tokens_per_micro  # micro: one micro-step, all processes
+        self.warmup_iters, self.start_frac = warmup_iters, start_frac
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of a full update (after the warmup)."""
+        return self.accum_steps * self.tokens_per_micro
+
+    def accum_at(self, step: int) -> int:
+        """Micro-steps per process in update `step`."""
+        if step >= self.warmup_iters:
+            return self.accum_steps
+        frac = self.start_frac + (1.0 - self.start_frac) * step / self.warmup_iters
+        return min(self.accum_steps, max(1, math.ceil(frac * self.accum_steps - 1e-9)))  # no float dust adds a step
+
+    def tokens_at(self, step: int) -> int:
+        """Tokens of update `step` over all processes."""
+        return self.accum_at(step) * self.tokens_per_micro
+
+    def tokens_before(self, step: int) -> int:
+        """Tokens of updates 0 .. step-1: what a run has trained on when it reaches `step`."""
+        ramp = min(step, self.warmup_iters)
+        return sum(self.accum_at(s) for s in range(ramp)) * self.tokens_per_micro + (step - ramp) * self.tokens_per_step

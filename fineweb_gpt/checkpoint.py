@@ -33,6 +33,7 @@ class LoopState:
     loader: dict | None = None          # the train loader's state after the last batch trained on
     auto_batch_size: int | None = None  # the micro-batch batch_size=auto chose, so a resume does not probe again
     budget: dict | None = None          # a time budget's schedule (plan.BudgetState), so the cooldown continues
+    tokens: int | None = None           # tokens trained on (None: saved before this count, when every update was full)
 
 
 # What a resume reads besides the model; each is written by training_checkpoint.

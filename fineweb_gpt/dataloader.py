@@ -8,6 +8,7 @@ The standard pre-tokenized FineWeb shards published for llm.c and modded-nanogpt
 """
 from __future__ import annotations
 
+import bisect
 import glob
 import json
 import math
@@ -163,26 +164,161 @@ class _Windows:
             out[row] = self.shards[s][off:off + T + 1]
         return out
 
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard, start, end) of every window."""
+        counts = np.diff(self.starts)
+        shard = np.repeat(np.arange(len(self.shards)), counts)
+        start = (np.arange(self.total) - np.repeat(self.starts[:-1], counts)) * self.block_size
+        return shard, start, start + self.block_size + 1
+
+
+DOC_ALIGNS = ("off", "bestfit", "crop")
+BESTFIT_BUFFER = 1000  # documents the best-fit packer chooses from: more wastes less, costs more time to plan
+
+
+def eot_positions(shard: np.ndarray, eot: int, chunk: int = 1 << 24) -> np.ndarray:
+    """Positions (int64, ascending) of the eot token in a shard, a chunk at a time so that memory stays
+    bounded for a large shard."""
+    parts = [np.flatnonzero(shard[a:a + chunk] == eot) + a for a in range(0, len(shard), chunk)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+
+def document_spans(shard: np.ndarray, eot: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the documents a row can begin with: each span runs from an eot to the next eot
+    (exclusive) or the shard's end, so it opens with the boundary token and holds the document after it.
+    prepare.py writes eot after each document, llm.c's shards before it: either way every document but
+    a shard's first (prepare.py's layout) follows an eot. A lone eot at a shard's end holds no document."""
+    starts = eot_positions(shard, eot)
+    ends = np.append(starts[1:], len(shard))
+    keep = ends - starts >= 2
+    return starts[keep], ends[keep]
+
+
+def crop_row_starts(starts: np.ndarray, shard_len: int, block_size: int) -> np.ndarray:
+    """modded-nanogpt's BOS-aligned rows: a row takes block_size+1 tokens from a document's start, across
+    the documents that follow; the next row opens at the first document starting at or after the row's
+    last token (that token, a target here, may be the next row's first input), the cut document's rest is
+    skipped."""
+    usable = starts[starts + block_size + 1 <= shard_len]
+    follow = np.searchsorted(usable, usable + block_size).tolist()  # each start's successor, found at once
+    chosen, i = [], 0
+    while i < len(usable):  # the chain from the first start: one step per row
+        chosen.append(i)
+        i = follow[i]
+    return usable[chosen]
+
+
+def best_fit_rows(lengths: np.ndarray, row_len: int, buffer: int = BESTFIT_BUFFER) -> tuple[list, list, list]:
+    """nanochat's BOS-aligned best-fit packing of documents (in order, `buffer` of them to choose from)
+    into rows of exactly row_len tokens: each row takes the longest buffered document that fits the
+    room left, again and again; when none fits, the shortest is cropped to fill the row (its rest is
+    discarded). Returns CSR lists: (document index per piece, tokens taken per piece, row offsets);
+    a last row that cannot be filled is dropped."""
+    lens, n = lengths.tolist(), len(lengths)
+    pool: list[tuple[int, int]] = []  # (length, document index), sorted
+    docs, taken, rows = [], [], [0]
+    nxt = 0
+    while True:
+        row_docs, row_taken, room = [], [], row_len
+        while room:
+            while len(pool) < buffer and nxt < n:
+                bisect.insort(pool, (lens[nxt], nxt))
+                nxt += 1
+            if not pool:
+                return docs, taken, rows
+            i = bisect.bisect_right(pool, (room, n)) - 1  # the longest that fits, or -1
+            length, d = pool.pop(max(i, 0))
+            row_docs.append(d)
+            row_taken.append(min(length, room))
+            room -= row_taken[-1]
+        docs += row_docs
+        taken += row_taken
+        rows.append(len(docs))
+
+
+class _DocRows:
+    """Training rows of block_size+1 tokens that each start at a document: 'crop' (one stretch of the shard
+    per row) or 'bestfit' (whole documents packed, one cropped). Planned once, when the loader opens the
+    data; the same interface as _Windows (total, gather, segments)."""
+
+    def __init__(self, shards: list[np.memmap], block_size: int, mode: str, eot: int):
+        self.shards, self.block_size, self.mode = shards, block_size, mode
+        row_len = block_size + 1
+        starts, lengths, row_ptr, row_shard = [], [], [np.zeros(1, dtype=np.int64)], []
+        pieces = 0  # pieces planned so far
+        for s, shard in enumerate(shards):
+            doc_starts, doc_ends = document_spans(shard, eot)
+            if mode == "crop":
+                first = crop_row_starts(doc_starts, len(shard), block_size)
+                starts.append(first)
+                lengths.append(np.full(len(first), row_len, dtype=np.int64))
+                count = len(first)
+                pieces_per_row = np.ones(count, dtype=np.int64)
+            else:
+                docs, taken, ptr = best_fit_rows(doc_ends - doc_starts, row_len)
+                starts.append(doc_starts[np.asarray(docs, dtype=np.int64)])
+                lengths.append(np.asarray(taken, dtype=np.int64))
+                count = len(ptr) - 1
+                pieces_per_row = np.diff(np.asarray(ptr, dtype=np.int64))
+            row_ptr.append(pieces + np.cumsum(pieces_per_row))
+            pieces += int(pieces_per_row.sum())
+            row_shard.append(np.full(count, s, dtype=np.int32))
+        self.piece_start = np.concatenate(starts)    # where each piece starts in its shard
+        self.piece_len = np.concatenate(lengths)     # tokens it takes
+        self.row_ptr = np.concatenate(row_ptr)       # row i's pieces: row_ptr[i]:row_ptr[i+1]
+        self.row_shard = np.concatenate(row_shard)   # the shard every piece of row i comes from
+        self.total = len(self.row_shard)
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), self.block_size + 1), dtype=np.int64)
+        for row, idx in enumerate(indices):
+            shard, at = self.shards[self.row_shard[idx]], 0
+            for p in range(self.row_ptr[idx], self.row_ptr[idx + 1]):
+                a, n = int(self.piece_start[p]), int(self.piece_len[p])
+                out[row, at:at + n] = shard[a:a + n]
+                at += n
+        return out
+
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard, start, end) of every stretch of a shard that a row copies."""
+        shard = np.repeat(self.row_shard, np.diff(self.row_ptr))
+        return shard, self.piece_start, self.piece_start + self.piece_len
+
+
+def train_rows(shards: list[np.memmap], block_size: int, doc_align: str, eot: int) -> _Windows | _DocRows:
+    """The training rows doc_align asks for: windows at fixed offsets ('off'), or rows opening at documents."""
+    if doc_align not in DOC_ALIGNS:
+        raise ValueError(f"doc_align={doc_align!r}; expected one of {DOC_ALIGNS}")
+    return _Windows(shards, block_size) if doc_align == "off" else _DocRows(shards, block_size, doc_align, eot)
+
 
 class TrainLoader:
-    """Shuffled training batches: every window once per epoch, disjoint across DDP ranks.
+    """Shuffled training batches: every row once per epoch, disjoint across DDP ranks.
 
-    The global stream of windows is a fixed function of (seed, epoch), and `position` counts the
-    windows consumed by all ranks together. Each micro-step every rank takes the next
-    world_size*batch_size windows and keeps its own slice, so a run with W ranks and a run with one
-    rank and W times the accumulation see the same windows per optimizer step, and a resumed run
-    (position restored) sees exactly the windows it would have seen.
+    The rows (`windows`) are planned once from the data: with doc_align='off' non-overlapping windows of
+    block_size+1 tokens at fixed offsets; with 'crop' or 'bestfit' rows that each start at a document
+    (train_rows). The global stream of rows is a fixed function of (seed, epoch), and `position` counts
+    the rows consumed by all ranks together. Each micro-step every rank takes the next
+    world_size*batch_size rows and keeps its own slice, so a run with W ranks and a run with one
+    rank and W times the accumulation see the same rows per optimizer step, and a resumed run
+    (position restored) sees exactly the rows it would have seen.
     """
 
     def __init__(self, data_dir: str, batch_size: int, block_size: int, seed: int = 1337,
-                 rank: int = 0, world_size: int = 1, device: str = "cpu"):
-        self.windows = _Windows([open_shard(p) for p in find_shards(data_dir, "train")], block_size)
+                 rank: int = 0, world_size: int = 1, device: str = "cpu", doc_align: str = "off",
+                 eot_token: int = 50256):
+        shards = [open_shard(p) for p in find_shards(data_dir, "train")]
+        self.windows = train_rows(shards, block_size, doc_align, eot_token)
         if self.windows.total < batch_size * world_size:
             n_tok = sum(len(s) for s in self.windows.shards)
+            what = "windows" if doc_align == "off" else f"rows opening at a document (eot_token={eot_token})"
             raise ShardError(
-                f"the train split has {n_tok:,} tokens = {self.windows.total} windows of block_size+1="
-                f"{block_size + 1}, fewer than one global micro-batch of batch_size*world_size="
-                f"{batch_size * world_size}; prepare more data or lower batch_size/block_size")
+                f"the train split has {n_tok:,} tokens = {self.windows.total} {what} of block_size+1="
+                f"{block_size + 1} tokens, fewer than one global micro-batch of batch_size*world_size="
+                f"{batch_size * world_size}; prepare more data or lower batch_size/block_size" +
+                ("" if doc_align == "off" else ", or check that eot_token is the shards' end-of-text token "
+                                               "(meta.json's eot_id)"))
+        self.doc_align = doc_align
         self.B, self.seed, self.rank, self.world_size, self.device = batch_size, seed, rank, world_size, device
         self.position = 0
         self._perm_epoch, self._perm = -1, None
@@ -213,12 +349,14 @@ class TrainLoader:
         return to_device(xy[:, :-1], self.device), to_device(xy[:, 1:], self.device), self.state_dict()
 
     def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed, "windows": self.windows.total}
+        return {"position": self.position, "seed": self.seed, "windows": self.windows.total,
+                "doc_align": self.doc_align}
 
     def load_state_dict(self, state: dict) -> None:
-        now = {"windows": self.windows.total, "seed": self.seed}
-        changed = report.changes({k: state[k] for k in now}, now)
-        if changed:  # windows: the train split's block_size-token windows, which data and block_size decide
+        now = {"windows": self.windows.total, "seed": self.seed, "doc_align": self.doc_align}
+        saved = {"doc_align": "off", **state}  # checkpoints from before doc_align trained on windows
+        changed = report.changes({k: saved[k] for k in now}, now)
+        if changed:  # windows: the train split's rows, which data, block_size and doc_align decide
             raise ShardError(
                 f"the train batches differ from the checkpoint's (checkpoint -> now: {'; '.join(changed)}); "
                 f"resuming would not see the same batches. Restore the data and settings, or start a new run")

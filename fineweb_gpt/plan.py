@@ -219,9 +219,12 @@ class Horizon:
     """When the run ends and the learning rate at each step: max_iters and the lr schedule, or the clock
     (time_budget). The loop asks `at(step, ...)` and never which of the two it is."""
 
-    def __init__(self, cfg, loop_state, env, clock, params: int, tokens_per_step: int):
+    def __init__(self, cfg, loop_state, env, clock, params: int, tokens_per_step: int,
+                 tokens_before: Callable[[int], int] | None = None):
         self.cfg, self.loop_state, self.env, self.clock = cfg, loop_state, env, clock
         self.params, self.tokens_per_step = params, tokens_per_step
+        # tokens of the updates before a step (a batch schedule trains fewer early on); else every update is full
+        self.tokens_before = tokens_before or (lambda step: step * tokens_per_step)
         self.budget = None
         if cfg.time_budget:
             saved = BudgetState(**loop_state.budget) if loop_state.budget else None
@@ -255,7 +258,7 @@ class Horizon:
         """The run's plan in one line: steps, tokens, tokens per parameter and when it ends."""
         cfg, per_update = self.cfg, self.tokens_per_step
         if not cfg.time_budget:
-            tokens = cfg.max_iters * per_update
+            tokens = self.tokens_before(cfg.max_iters)
             return (f"plan: {cfg.max_iters:,} steps x {per_update:,} tokens = {short_count(tokens)} tokens, "
                     f"{tokens / self.params:.2f} per parameter ({self.params / 1e6:.1f}M parameters)")
         budget = parse_duration(cfg.time_budget)

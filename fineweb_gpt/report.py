@@ -117,7 +117,7 @@ class RunSummary:
     first_step: int                 # the step this invocation started from (0, or a resume's)
     last_step: int                  # the step the run reached
     max_iters: int | None           # None: a time-budgeted run stopped before its clock ran out
-    tokens_per_step: int
+    tokens: int                     # tokens trained on across resumes
     elapsed: float                  # seconds of training across resumes
     final_val_loss: float | None    # None when the run stopped between evals
     final_val_bpb: float | None
@@ -132,7 +132,7 @@ def run_summary(s: RunSummary) -> str:
     done = s.max_iters is not None and s.last_step >= s.max_iters
     status = "finished" if done else f"stopped at step {s.last_step:,}" + (f" of {s.max_iters:,}" if s.max_iters else "")
     resumed = f" (this session: from step {s.first_step:,})" if s.first_step else ""
-    lines = [f"run {status}: {plural(s.last_step, 'step')}{resumed}, {count(s.last_step * s.tokens_per_step)} tokens, "
+    lines = [f"run {status}: {plural(s.last_step, 'step')}{resumed}, {count(s.tokens)} tokens, "
              f"{duration(s.elapsed)} of training"]
     if s.final_val_loss is not None:
         lines.append(f"  val loss {s.final_val_loss:.4f}{bpb(s.final_val_bpb)} at step {s.last_step:,}")

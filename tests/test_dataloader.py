@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from fineweb_gpt.dataloader import HEADER_BYTES, ShardError, TrainLoader, ValSet, find_shards, header_for, open_shard, read_header
+from fineweb_gpt.dataloader import (HEADER_BYTES, ShardError, TrainLoader, ValSet, best_fit_rows, find_shards,
+                                    header_for, open_shard, read_header)
 
 
 def write_shard(path, tokens, dtype=np.uint16):
@@ -120,3 +121,124 @@ def test_a_shard_the_system_refuses_says_so_without_blaming_the_data(tmp_path):
     with pytest.raises(ShardError, match=r"cannot read shard .*s\.bin: Is a directory \(EISDIR\)") as e:
         open_shard(str(tmp_path / "s.bin"))
     assert "prepare.py" not in str(e.value)
+
+
+EOT = 50256
+
+
+def make_doc_dir(tmp_path, n_train=2, docs=120, seed=0, longest=99):
+    """Shards in prepare.py's layout (each document followed by EOT), documents of 1 to `longest` tokens, each token
+    id unique to its document (doc k uses ids k*100 + i), so a row piece names the document it came from."""
+    rng = np.random.default_rng(seed)
+    k = 0
+    for name in [f"d_train_{i + 1:06d}.bin" for i in range(n_train)] + ["d_val_000000.bin"]:
+        parts = []
+        for _ in range(docs):
+            parts += [k * 100 + np.arange(rng.integers(1, longest + 1)), [EOT]]
+            k += 1
+        write_shard(tmp_path / name, np.concatenate(parts))
+    return str(tmp_path)
+
+
+def epoch_rows(loader):
+    """Every row of one epoch, as an array (rows, block_size + 1)."""
+    rows = []
+    for _ in range(loader.windows.total // loader.B):
+        x, y, _ = loader.next_batch()
+        rows.append(np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1))
+    return np.concatenate(rows)
+
+
+def doc_of(token: int) -> int:
+    return token // 100
+
+
+@pytest.mark.parametrize("mode", ["crop", "bestfit"])
+def test_doc_aligned_rows_start_at_a_document_and_hold_its_text(tmp_path, mode):
+    d = make_doc_dir(tmp_path)
+    loader = TrainLoader(d, 4, 64, seed=1, doc_align=mode)
+    rows = epoch_rows(loader)
+    assert len(rows) >= 40 and (rows[:, 0] == EOT).all()  # never a row from mid-document
+    for row in rows:
+        for piece in np.split(row, np.flatnonzero(row == EOT)[1:]):  # each piece: EOT, then one document's start
+            body = piece[1:]
+            assert (np.diff(body) == 1).all() and len({doc_of(t) for t in body}) <= 1
+            if len(body):
+                assert body[0] % 100 == 0  # the document's first token: nothing skipped after the EOT
+    assert len({tuple(r) for r in rows.tolist()}) == len(rows)  # each row once per epoch
+
+
+def test_bestfit_rows_hold_whole_documents_but_the_one_cropped_at_the_end(tmp_path):
+    d = make_doc_dir(tmp_path, longest=60)
+    shards = [open_shard(os.path.join(d, f"d_train_{i:06d}.bin")) for i in (1, 2)]
+    length = {}  # document -> tokens after its EOT
+    for shard in shards:
+        s = np.asarray(shard)
+        for t in s[s != EOT]:
+            length[doc_of(int(t))] = length.get(doc_of(int(t)), 0) + 1
+
+    def whole_documents(mode: str) -> int:
+        rows, whole = epoch_rows(TrainLoader(d, 4, 128, seed=1, doc_align=mode)), 0
+        for row in rows:
+            pieces = np.split(row, np.flatnonzero(row == EOT)[1:])
+            for i, piece in enumerate(pieces):
+                body = piece[1:]
+                complete = len(body) == (length[doc_of(int(body[0]))] if len(body) else 0)
+                if i < len(pieces) - 1:
+                    assert complete  # only a row's last piece may be cut
+                whole += complete
+        assert whole > 2 * len(rows)  # rows hold several whole documents
+        return whole
+
+    assert whole_documents("bestfit") > whole_documents("crop")  # choosing what fits keeps more documents whole
+
+
+def test_best_fit_takes_the_longest_document_that_fits_and_crops_the_shortest_when_none_does():
+    docs, taken, rows = best_fit_rows(np.array([5, 3, 2, 4, 9]), 7)
+    assert rows == [0, 2, 4, 5]  # three rows of 7 tokens
+    assert docs == [0, 2, 3, 1, 4] and taken == [5, 2, 4, 3, 7]  # 5+2, 4+3, then 9 cropped to 7
+
+
+def test_crop_rows_are_stretches_of_a_shard_from_a_document_start(tmp_path):
+    d = make_doc_dir(tmp_path, n_train=1)
+    shard = np.asarray(open_shard(os.path.join(d, "d_train_000001.bin")))
+    loader = TrainLoader(d, 2, 64, seed=1, doc_align="crop")
+    _, starts, ends = loader.windows.segments()
+    assert (shard[starts] == EOT).all() and (ends - starts == 65).all()
+    assert (starts[1:] >= starts[:-1] + 64).all()  # rows do not overlap but for the one shared boundary token
+    skipped = starts[1:] - (starts[:-1] + 64)
+    assert all((shard[a + 64:b] != EOT).all() for a, b in zip(starts[:-1], starts[1:]))  # a cut document's rest only
+    assert skipped.sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["crop", "bestfit"])
+def test_doc_aligned_resume_is_exact_and_ranks_disjoint(tmp_path, mode):
+    d = make_doc_dir(tmp_path)
+    a = TrainLoader(d, 4, 32, seed=5, doc_align=mode)
+    for _ in range(a.windows.total // 4 - 2):  # the batches after the restore cross into the next epoch
+        a.next_batch()
+    b = TrainLoader(d, 4, 32, seed=5, doc_align=mode)
+    b.load_state_dict(a.state_dict())
+    for _ in range(5):
+        assert np.array_equal(a.next_batch()[0], b.next_batch()[0])
+    single = TrainLoader(d, 4, 32, seed=3, doc_align=mode)
+    ranks = [TrainLoader(d, 4, 32, seed=3, rank=r, world_size=2, doc_align=mode) for r in range(2)]
+    for _ in range(5):
+        r0, r1 = ranks[0].next_batch()[0], ranks[1].next_batch()[0]
+        assert not {tuple(r) for r in r0.tolist()} & {tuple(r) for r in r1.tolist()}
+        assert np.array_equal(r0, single.next_batch()[0]) and np.array_equal(r1, single.next_batch()[0])
+
+
+def test_doc_align_change_on_resume_is_refused_and_old_states_read_as_windows(tmp_path):
+    d = make_doc_dir(tmp_path)
+    windows = TrainLoader(d, 4, 32, seed=5)
+    old_state = {k: v for k, v in windows.state_dict().items() if k != "doc_align"}  # saved before doc_align
+    windows.load_state_dict(old_state)
+    with pytest.raises(ShardError, match="doc_align: 'off' -> 'bestfit'"):
+        TrainLoader(d, 4, 32, seed=5, doc_align="bestfit").load_state_dict(old_state)
+
+
+def test_doc_align_without_document_boundaries_is_explained(tmp_path):
+    d = make_dir(tmp_path)  # random ids below 50257: a few EOTs at most
+    with pytest.raises(ShardError, match="rows opening at a document .*eot_token is the shards' end-of-text"):
+        TrainLoader(d, 4, 32, doc_align="crop", eot_token=7)

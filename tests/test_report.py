@@ -53,7 +53,7 @@ def test_device_and_dtype_on_one_line_without_repeats():
 
 
 def summary(tmp_path, **kw) -> str:
-    base = dict(out_dir=str(tmp_path), first_step=0, last_step=200, max_iters=200, tokens_per_step=1024,
+    base = dict(out_dir=str(tmp_path), first_step=0, last_step=200, max_iters=200, tokens=200 * 1024,
                 elapsed=366.0, final_val_loss=7.19, final_val_bpb=2.53, best_val_loss=7.19, best_val_bpb=2.53,
                 checkpoints=["ckpt.pt", "ckpt_best.pt"])
     return run_summary(RunSummary(**{**base, **kw}))
@@ -76,8 +76,8 @@ def test_end_of_run_summary(tmp_path):
 def test_summary_of_a_stopped_resumed_run_with_separate_checkpoints(tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"x" * 10)
     (tmp_path / "ckpt_best.pt").write_bytes(b"y" * 10)
-    text = summary(tmp_path / "..", first_step=100, last_step=150, final_val_loss=None, final_val_bpb=None,
-                   best_val_loss=7.5, best_val_bpb=None, out_dir=str(tmp_path))
+    text = summary(tmp_path / "..", first_step=100, last_step=150, tokens=150 * 1024, final_val_loss=None,
+                   final_val_bpb=None, best_val_loss=7.5, best_val_bpb=None, out_dir=str(tmp_path))
     lines = text.splitlines()
     assert lines[0].startswith("run stopped at step 150 of 200: 150 steps (this session: from step 100), 153,600 tokens")
     assert lines[1] == "  best val loss 7.5000"

@@ -17,7 +17,7 @@ import train
 from configurator import ConfigError, parse_config
 from conftest import ROOT, TINY, losses, metrics, run_train
 from fineweb_gpt.dataloader import ShardError
-from fineweb_gpt.batch import resolve_batch
+from fineweb_gpt.batch import BatchSchedule, resolve_batch
 from fineweb_gpt.stop_signal import StopFlag
 from model import GPT, GPTConfig
 
@@ -135,6 +135,59 @@ def test_batch_arithmetic_is_explained():
     with pytest.raises(ConfigError, match="multiple of batch_size\\*block_size=12\\*1024=12288; use total_batch_size=516096 or "
                        "total_batch_size=528384 or batch_size=8 or batch_size=16"):
         resolve_batch(odd, 1)
+
+
+def test_batch_schedule_rises_in_whole_micro_steps():
+    batches = BatchSchedule(accum_steps=8, tokens_per_micro=100, warmup_iters=4, start_frac=0.25)
+    assert [batches.accum_at(s) for s in range(7)] == [2, 4, 5, 7, 8, 8, 8]  # ceil(8 * (0.25 + 0.75 * s/4))
+    assert batches.tokens_before(6) == (2 + 4 + 5 + 7 + 8 + 8) * 100 and batches.tokens_per_step == 800
+    assert [BatchSchedule(3, 10, 2, 0.01).accum_at(s) for s in range(3)] == [1, 2, 3]  # never below one micro-step
+    assert [BatchSchedule(8, 100).accum_at(s) for s in (0, 1000)] == [8, 8]  # off: the full batch throughout
+
+
+def doc_shards(tmp_path):
+    """Shards of documents between end-of-text tokens, for doc_align (no tokenizer needed)."""
+    from test_dataloader import make_doc_dir
+    (tmp_path / "data").mkdir()
+    return make_doc_dir(tmp_path / "data", longest=60)
+
+
+def test_doc_aligned_batch_schedule_resumes_exactly_and_counts_real_tokens(tmp_path):
+    data = doc_shards(tmp_path)
+    common = ["--eval_interval=4", "--lr_decay_iters=8", "--batch_size=2", "--gradient_accumulation_steps=4",
+              "--batch_warmup_iters=4", "--batch_start_frac=0.25", "--doc_align=bestfit", "--dropout=0.1"]
+    run_train(data, tmp_path / "whole", "--max_iters=8", *common)
+    run_train(data, tmp_path / "split", "--max_iters=4", *common)
+    run_train(data, tmp_path / "split", "--max_iters=8", "--init_from=resume", *common)
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole") and len(losses(tmp_path / "whole")) == 8
+    micro = 2 * 32  # tokens of one micro-step: 1, 2, 3, then 4 micro-steps per update
+    expected = [0, 1, 3, 6, 10, 14, 18, 22, 26]
+    for run in ("whole", "split"):
+        assert [r["tokens"] for r in metrics(tmp_path / run)] == [n * micro for n in expected]
+    assert torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["loop"]["tokens"] == 26 * micro
+
+
+@pytest.mark.slow  # two training runs
+def test_a_checkpoint_without_a_token_count_resumes_counting_full_updates(synthetic_shards, tmp_path):
+    run_train(synthetic_shards, tmp_path, "--max_iters=2", "--eval_interval=2")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    del ckpt["loop"]["tokens"]  # as saved before the count existed
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    run_train(synthetic_shards, tmp_path, "--max_iters=3", "--eval_interval=2", "--init_from=resume")
+    assert [r["tokens"] for r in metrics(tmp_path) if r["step"] >= 2][-1] == 3 * 4 * 32
+
+
+def test_doc_align_with_another_end_of_text_token_than_the_shards_is_explained(tmp_path):
+    data = doc_shards(tmp_path)
+    with open(os.path.join(data, "meta.json"), "w") as f:
+        json.dump({"eot_id": 0}, f)
+    with pytest.raises(ConfigError, match="the shards' end-of-text token is 0 \\(meta.json\\): set --eot_token=0"):
+        run_train(data, tmp_path / "out", "--max_iters=1", "--doc_align=crop")
+
+
+def test_a_batch_schedule_that_cannot_grow_is_explained(synthetic_shards, tmp_path):
+    with pytest.raises(ConfigError, match="batch_warmup_iters=4 grows the batch through the accumulation count"):
+        run_train(synthetic_shards, tmp_path, "--max_iters=2", "--batch_warmup_iters=4")
 
 
 def test_data_too_small_for_block_size(synthetic_shards, tmp_path):
