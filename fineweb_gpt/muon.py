@@ -33,13 +33,13 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-# Keller Jordan's quintic coefficients, five steps (as torch.optim.Muon and modded-nanogpt used them)
+# Keller Jordan's quintic coefficients, five steps (torch.optim.Muon's; modded-nanogpt's before Polar Express)
 JORDAN_COEFFICIENTS = ((3.4445, -4.7750, 2.0315),) * 5
 # Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv:2505.16932): a different quintic for each step, each
 # the best for the interval the singular values lie in after the steps before it, so they end nearer 1. These
 # are the five steps modded-nanogpt and nanochat use, computed for a safety factor of 2e-2 (cushion 2): the
-# matrix is divided by (1 + 2e-2) times its Frobenius norm, as modded-nanogpt does, so that rounding cannot
-# put a singular value above the interval the first, steep polynomial was fitted on.
+# matrix is divided by (1 + 2e-2) times its Frobenius norm, as modded-nanogpt does: a margin so that, rounding
+# included, no singular value starts above the interval the first, steep polynomial was fitted on (nanochat: 1e-2).
 POLAR_EXPRESS_COEFFICIENTS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),

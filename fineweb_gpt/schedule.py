@@ -57,7 +57,7 @@ class MomentumKeys(Protocol):
 def get_muon_momentum(step: int, cfg: MomentumKeys) -> float:
     """Muon's momentum at step: a straight line from muon_momentum_start at step 0 to muon_momentum at step
     muon_momentum_warmup, then muon_momentum (modded-nanogpt: 0.85 to 0.95 over 300 steps; nanochat: 0.85 to
-    0.97 over 400). Early gradients change fast, so a shorter memory helps there. Without a warmup, muon_momentum."""
+    0.97 over 400). Without a warmup (muon_momentum_warmup=0), muon_momentum at every step."""
     if step >= cfg.muon_momentum_warmup:
         return cfg.muon_momentum
     done = step / cfg.muon_momentum_warmup
