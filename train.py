@@ -200,7 +200,8 @@ def model_config(cfg: TrainConfig) -> GPTConfig:
 def optimizer_settings(cfg: TrainConfig) -> OptimizerSettings:
     return OptimizerSettings(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                              cfg.embedding_lr, cfg.head_lr, cfg.scalar_lr, cfg.muon_momentum,
-                             cfg.muon_ns_dtype)
+                             cfg.muon_ns_dtype, cfg.muon_momentum_start, cfg.muon_momentum_warmup, cfg.muon_ns,
+                             cfg.muon_normuon, cfg.muon_cautious_wd)
 
 
 # ------------------------------------------------------------------ set-up stages, in the order train() runs them
@@ -615,8 +616,11 @@ def train(cfg: TrainConfig) -> dict:
 
                 # ---- one optimizer update: accum_steps micro-batches, then clip, step
                 t_step = time.time()
+                momentum = schedule.get_muon_momentum(step, cfg)
                 for group, peak in zip(optimizer.param_groups, peak_lrs):
                     group["lr"] = peak * lr / cfg.learning_rate  # every group follows the main group's schedule
+                    if "momentum" in group:  # Muon's groups (AdamW's have betas)
+                        group["momentum"] = momentum
                 loss_sum = torch.zeros((), device=env.device)
                 accum_steps, step_tokens = batches.accum_at(step), batches.tokens_at(step)
                 for micro in range(accum_steps):

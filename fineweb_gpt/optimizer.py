@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from fineweb_gpt import hardware
-from fineweb_gpt.muon import Muon
+from fineweb_gpt.muon import NS_SCHEDULES, Muon
 from fineweb_gpt import report
 from model import GPT
 
@@ -41,6 +41,11 @@ class OptimizerSettings:
     scalar_lr: float = 0.02
     muon_momentum: float = 0.95
     muon_ns_dtype: str = "auto"     # Newton-Schulz dtype: bf16 where the device computes it natively, else fp32
+    muon_momentum_start: float = 0.85  # the momentum warmup's start (train.py sets the momentum each update)
+    muon_momentum_warmup: int = 0      # its steps (0 = constant muon_momentum)
+    muon_ns: str = "jordan"         # Newton-Schulz coefficients: a key of muon.NS_SCHEDULES
+    muon_normuon: bool = False      # NorMuon's per-neuron normalisation
+    muon_cautious_wd: bool = False  # decay only the weights the step moves towards zero
 
 
 class OptimizerSet:
@@ -107,6 +112,15 @@ def adamw(groups: list[dict], betas: tuple[float, float]) -> tuple[torch.optim.A
         return torch.optim.AdamW(groups, betas=betas), "foreach"
 
 
+def muon_description(s: OptimizerSettings) -> str:
+    """Muon's momentum and the variants that are on, for the group's line."""
+    momentum = f"momentum {s.muon_momentum}" + (f" (from {s.muon_momentum_start} over {s.muon_momentum_warmup} steps)"
+                                                 if s.muon_momentum_warmup else "")
+    variants = [name for name, on in (("Polar Express", s.muon_ns == "polar_express"), ("NorMuon", s.muon_normuon),
+                                      ("cautious weight decay", s.muon_cautious_wd)) if on]
+    return ", ".join([momentum, "nesterov", *variants])
+
+
 def make_optimizer(model: GPT, s: OptimizerSettings) -> tuple[torch.optim.Optimizer | OptimizerSet, list[str]]:
     """(optimizer, one line per group describing it). Groups without parameters are left out."""
     groups = [g for g in param_groups(model, s) if g["params"]]
@@ -120,12 +134,15 @@ def make_optimizer(model: GPT, s: OptimizerSettings) -> tuple[torch.optim.Optimi
         # update's size per output dimension does not depend on the matrix's shape
         device = str(next(model.parameters()).device)
         ns_dtype, ns_reason = hardware.pick_newton_schulz_dtype(s.muon_ns_dtype, device)
-        muon_optimizer = Muon(muon, momentum=s.muon_momentum, adjust_lr_fn="original", ns_dtype=ns_dtype)
+        coefficients, safety = NS_SCHEDULES[s.muon_ns]
+        muon_optimizer = Muon(muon, momentum=s.muon_momentum, ns_coefficients=coefficients, ns_safety=safety,
+                              adjust_lr_fn="original", normuon=s.muon_normuon, cautious_wd=s.muon_cautious_wd,
+                              ns_dtype=ns_dtype)
         optimizer = OptimizerSet({"muon": muon_optimizer, "adamw": optimizer})
         shards = f", orthogonalised in shares over {muon_optimizer.world_size} ranks" \
             if muon_optimizer.world_size > 1 else ""
-        labels = [f"Muon (momentum {s.muon_momentum}, nesterov, Newton-Schulz in {str(ns_dtype)[6:]}: {ns_reason}"
-                  f"{shards})" if g["name"].startswith("muon") else f"AdamW ({kind})" for g in groups]
+        labels = [f"Muon ({muon_description(s)}, Newton-Schulz in {str(ns_dtype)[6:]}: {ns_reason}{shards})"
+                  if g["name"].startswith("muon") else f"AdamW ({kind})" for g in groups]
     lines = [report.param_group_line(g["name"], sum(p.numel() for p in g["params"]), len(g["params"]),
                                      f"{label}, lr {g['lr']:.3g}, weight decay {g['weight_decay']:g}"
                                      + (f", betas {g['betas']}" if "betas" in g else ""))

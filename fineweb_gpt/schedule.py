@@ -1,5 +1,5 @@
-"""The learning-rate schedule: linear warmup, then a cosine or warmup-stable-decay (WSD) descent to min_lr; and the
-attention window schedule."""
+"""The learning-rate schedule: linear warmup, then a cosine or warmup-stable-decay (WSD) descent to min_lr;
+Muon's momentum warmup; and the attention window schedule."""
 from __future__ import annotations
 
 import math
@@ -45,6 +45,23 @@ def get_lr(step: int, cfg: ScheduleKeys) -> float:
         return cfg.min_lr
     ratio = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+class MomentumKeys(Protocol):
+    """The config keys the momentum warmup reads (TrainConfig and OptimizerSettings have them)."""
+    muon_momentum: float
+    muon_momentum_start: float
+    muon_momentum_warmup: int
+
+
+def get_muon_momentum(step: int, cfg: MomentumKeys) -> float:
+    """Muon's momentum at step: a straight line from muon_momentum_start at step 0 to muon_momentum at step
+    muon_momentum_warmup, then muon_momentum (modded-nanogpt: 0.85 to 0.95 over 300 steps; nanochat: 0.85 to
+    0.97 over 400). Without a warmup (muon_momentum_warmup=0), muon_momentum at every step."""
+    if step >= cfg.muon_momentum_warmup:
+        return cfg.muon_momentum
+    done = step / cfg.muon_momentum_warmup
+    return cfg.muon_momentum_start + done * (cfg.muon_momentum - cfg.muon_momentum_start)
 
 
 def describe_change(step: int, old: ScheduleKeys, new: ScheduleKeys) -> str | None:

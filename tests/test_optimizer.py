@@ -5,7 +5,7 @@ import torch
 from conftest import OPTION_SETS
 from conftest import tiny_model as tiny
 from fineweb_gpt.optimizer import OptimizerSet, OptimizerSettings, make_optimizer, param_groups
-from fineweb_gpt.schedule import get_lr
+from fineweb_gpt.schedule import get_lr, get_muon_momentum
 from train import TrainConfig
 
 
@@ -47,6 +47,33 @@ def test_muon_recipe_steps_both_optimizers_and_round_trips_its_state():
     again.load_state_dict(optimizer.state_dict())
     assert torch.equal(again.optimizers["muon"].state_dict()["state"][0]["momentum_buffer"],
                        optimizer.optimizers["muon"].state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_muon_variants_reach_the_optimizer_and_its_line():
+    model = tiny(**OPTION_SETS["modern"])
+    plain, lines = make_optimizer(model, OptimizerSettings("muon"))
+    group = plain.optimizers["muon"].param_groups[0]
+    assert not group["normuon"] and not group["cautious_wd"] and group["ns_safety"] == 0.0
+    assert "Muon (momentum 0.95, nesterov, Newton-Schulz" in lines[0]
+    settings = OptimizerSettings("muon", muon_momentum_warmup=300, muon_ns="polar_express", muon_normuon=True,
+                                 muon_cautious_wd=True)
+    optimizer, lines = make_optimizer(model, settings)
+    group = optimizer.optimizers["muon"].param_groups[0]
+    assert group["normuon"] and group["cautious_wd"] and group["ns_safety"] == 0.02
+    assert group["ns_coefficients"][0] == pytest.approx((8.1566, -22.4833, 15.8788), abs=1e-4)
+    assert ("Muon (momentum 0.95 (from 0.85 over 300 steps), nesterov, Polar Express, NorMuon, cautious weight "
+            "decay, Newton-Schulz") in lines[0]
+
+
+def test_muon_momentum_warms_up_linearly_then_stays():
+    cfg = TrainConfig(muon_momentum=0.95, muon_momentum_start=0.85, muon_momentum_warmup=300)
+    assert get_muon_momentum(0, cfg) == 0.85
+    assert get_muon_momentum(150, cfg) == pytest.approx(0.90)
+    assert all(get_muon_momentum(step, cfg) == 0.95 for step in (300, 301, 10_000))
+    momenta = [get_muon_momentum(step, cfg) for step in range(301)]
+    assert all(a < b for a, b in zip(momenta, momenta[1:]))
+    off = TrainConfig(muon_momentum=0.9)  # muon_momentum_warmup=0: the constant momentum from step 0
+    assert all(get_muon_momentum(step, off) == 0.9 for step in (0, 1, 500))
 
 
 def test_wsd_is_warmup_then_constant_then_a_linear_cooldown():
