@@ -25,7 +25,7 @@ from configurator import key, run_main
 from fineweb_gpt.checkpoint import BEST, LATEST
 from fineweb_gpt.errors import UserError
 from fineweb_gpt.runlog import METRICS
-from fineweb_gpt.hf_interop import REMOTE_CODE, export_kind, to_hf_model, write_gpt2_tokenizer, write_remote_code_model
+from fineweb_gpt.hf_interop import REMOTE_CODE, export_kind, write_gpt2_tokenizer, write_hf_model
 from fineweb_gpt.inference import load_for_inference
 
 
@@ -100,10 +100,7 @@ def write_export(cfg: ExportConfig) -> str:
     model, tok_record = loaded.model, loaded.tokenizer
     kind = export_kind(model.config)
     vocab, eot = min(tok_record["vocab_size"], model.config.vocab_size), tok_record["eot_id"]
-    if kind == REMOTE_CODE:  # no transformers architecture computes this option set: our model.py goes along
-        write_model = partial(write_remote_code_model, model, vocab, eot)
-    else:
-        write_model = to_hf_model(model, vocab, eot).save_pretrained
+    write_model = partial(write_hf_model, model, vocab, eot)
     parent = os.path.dirname(os.path.abspath(cfg.hf_dir))
     try:
         os.makedirs(parent, exist_ok=True)
