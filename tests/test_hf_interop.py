@@ -113,6 +113,15 @@ for name, folder in folders.items():
         logits = hf(inputs["idx"]).logits
         generated = hf.generate(inputs["prompt"], max_new_tokens=inputs["new"], do_sample=False)
     results[name] = dict(type=type(hf).__name__, logits=logits, generated=generated)
+    if name in inputs["remote"]:  # right padding leaves the real positions alone; left padding is refused
+        mask = torch.ones_like(inputs["idx"])
+        mask[:, -4:] = 0
+        with torch.no_grad():
+            results[name]["right_padded"] = hf(inputs["idx"], attention_mask=mask).logits[:, :-4]
+        try:
+            hf(inputs["idx"], attention_mask=mask.flip(1))
+        except ValueError as e:
+            results[name]["left_padding_refused"] = "right padding" in str(e)
 results["imported our model.py"] = "model" in sys.modules  # not: each folder's own copy ran
 torch.save(results, out)
 """
@@ -142,7 +151,8 @@ def exported(tmp_path_factory):
         kinds[name] = write_hf_model(model, EXPORT_VOCAB, EOT, folders[name])
         models[name] = model
     torch.manual_seed(0)
-    inputs = dict(idx=torch.randint(0, EXPORT_VOCAB, (2, 32)), prompt=torch.randint(0, EXPORT_VOCAB, (1, 8)), new=8)
+    inputs = dict(idx=torch.randint(0, EXPORT_VOCAB, (2, 32)), prompt=torch.randint(0, EXPORT_VOCAB, (1, 8)), new=8,
+                  remote=list(REMOTE_CODE_OPTION_SETS))
     torch.save(inputs, tmp / "inputs.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp / "modules")}
     subprocess.run([sys.executable, "-c", LOAD_EXPORTS, json.dumps(folders), str(tmp / "inputs.pt"),
@@ -165,3 +175,6 @@ def test_export_loads_offline_with_our_logits_and_greedy_tokens(exported, name):
         torch.testing.assert_close(result["logits"], model(inputs["idx"])[0][..., :EXPORT_VOCAB], atol=1e-5, rtol=1e-5)
     ours = torch.cat(list(generate(model, inputs["prompt"], inputs["new"], temperature=0, eot=EOT)), 1)
     assert result["generated"][:, inputs["prompt"].size(1):].tolist() == ours.tolist()
+    if expected == REMOTE_CODE:
+        torch.testing.assert_close(result["right_padded"], result["logits"][:, :-4], atol=1e-5, rtol=1e-5)
+        assert result["left_padding_refused"] is True

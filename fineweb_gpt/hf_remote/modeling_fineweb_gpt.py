@@ -3,8 +3,8 @@ GPT.forward (model.py is copied byte for byte beside this file), so the logits a
 Loaded with AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).
 
 generate() works without a KV cache: each step runs the whole sequence again (correct for every option
-set, O(T^2) per token); prompts must be unpadded (an attention_mask with zeros is refused), and prompt
-plus new tokens must fit in block_size."""
+set, O(T^2) per token); prompts must be unpadded, and prompt plus new tokens must fit in block_size. An
+attention_mask may only mark right padding (scoring padded batches): left padding is refused."""
 from __future__ import annotations
 
 import torch
@@ -41,9 +41,10 @@ class FinewebGPTForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
         """Logits (B, T, vocab) of GPT.forward; with labels (-100 = ignore), the next-token cross-entropy."""
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("this model has no padding: pass unpadded sequences of equal length (attention_mask "
-                             "all ones), e.g. one prompt at a time")
+        if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+            raise ValueError("this model has no padding tokens: a padded position may only follow the real ones "
+                             "(right padding, which causal attention never sees); pass prompts of equal length "
+                             "unpadded, e.g. one prompt at a time")
         logits, _ = self.gpt(input_ids)
         loss = None
         if labels is not None:
