@@ -25,7 +25,7 @@ from configurator import key, run_main
 from fineweb_gpt.checkpoint import BEST, LATEST
 from fineweb_gpt.errors import UserError
 from fineweb_gpt.runlog import METRICS
-from fineweb_gpt.hf_interop import REMOTE_CODE, export_kind, write_gpt2_tokenizer, write_hf_model
+from fineweb_gpt.hf_interop import REMOTE_CODE, export_kind, to_hf_model, write_gpt2_tokenizer, write_remote_code_model
 from fineweb_gpt.inference import load_for_inference
 
 
@@ -82,6 +82,14 @@ def write_files(write_model: Callable[[str], None], tok_record: dict, tokenizer_
         os.chmod(os.path.join(folder, name), mode)
 
 
+def model_writer(model, vocab_size: int, eot_id: int) -> Callable[[str], None]:
+    """What writes the model's files into a folder: a transformers architecture's config.json and weights, or,
+    for an option set none computes, those of our own modeling code and the code itself (export_kind)."""
+    if export_kind(model.config) == REMOTE_CODE:
+        return partial(write_remote_code_model, model, vocab_size, eot_id)
+    return to_hf_model(model, vocab_size, eot_id).save_pretrained
+
+
 def plain_file_mode() -> int:
     """The mode a newly created file gets here (0644 under the usual umask 022)."""
     umask = os.umask(0)
@@ -100,7 +108,7 @@ def write_export(cfg: ExportConfig) -> str:
     model, tok_record = loaded.model, loaded.tokenizer
     kind = export_kind(model.config)
     vocab, eot = min(tok_record["vocab_size"], model.config.vocab_size), tok_record["eot_id"]
-    write_model = partial(write_hf_model, model, vocab, eot)
+    write_model = model_writer(model, vocab, eot)
     parent = os.path.dirname(os.path.abspath(cfg.hf_dir))
     try:
         os.makedirs(parent, exist_ok=True)

@@ -200,17 +200,6 @@ def write_gpt2_tokenizer(hf_dir: str) -> None:
     tok.save_pretrained(hf_dir)
 
 
-def write_hf_model(model: GPT, vocab_size: int, eot_id: int, folder: str) -> str:
-    """The model's files for transformers in folder: config.json and model.safetensors, plus the code of a
-    remote-code export. Returns what it wrote (export_kind)."""
-    kind = export_kind(model.config)
-    if kind == REMOTE_CODE:
-        write_remote_code_model(model, vocab_size, eot_id, folder)
-    else:
-        to_hf_model(model, vocab_size, eot_id).save_pretrained(folder)
-    return kind
-
-
 def write_remote_code_model(model: GPT, vocab_size: int, eot_id: int, folder: str) -> None:
     """An export that transformers loads with trust_remote_code=True, for any option set: model.py copied byte
     for byte beside a configuration and a modeling file (fineweb_gpt/hf_remote/), config.json (GPTConfig's

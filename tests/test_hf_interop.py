@@ -138,7 +138,8 @@ def exported(tmp_path_factory):
 
     pytest.importorskip("transformers", reason="transformers is needed to load the exports")
     from conftest import scrambled_model
-    from fineweb_gpt.hf_interop import write_hf_model
+    from export import model_writer
+    from fineweb_gpt.hf_interop import export_kind
     tmp = tmp_path_factory.mktemp("exports")
     models, folders, kinds = {}, {}, {}
     option_sets = {**{k: (v, None) for k, v in REMOTE_CODE_OPTION_SETS.items()}, **ARCHITECTURE_OPTION_SETS}
@@ -148,7 +149,8 @@ def exported(tmp_path_factory):
             model.lm_head.weight[EXPORT_VOCAB:] = 0
         folders[name] = str(tmp / name.replace("+", "_"))
         os.makedirs(folders[name])
-        kinds[name] = write_hf_model(model, EXPORT_VOCAB, EOT, folders[name])
+        model_writer(model, EXPORT_VOCAB, EOT)(folders[name])  # as export.py writes it
+        kinds[name] = export_kind(model.config)
         models[name] = model
     torch.manual_seed(0)
     inputs = dict(idx=torch.randint(0, EXPORT_VOCAB, (2, 32)), prompt=torch.randint(0, EXPORT_VOCAB, (1, 8)), new=8,
