@@ -1,20 +1,23 @@
-"""Export a trained checkpoint as a Hugging Face model folder (GPT-2, or Qwen3 for the modern option set).
+"""Export a trained checkpoint as a Hugging Face model folder: GPT-2, Qwen3, or our own modeling code.
 
     python export.py --out_dir=out-fineweb --hf_dir=hf-model
     python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf-model')('Hello')[0])"
 
-Writes what transformers.AutoModelForCausalLM.from_pretrained(hf_dir) loads: GPT2LMHeadModel for
-GPT-2's option set, Qwen3ForCausalLM for rope + rmsnorm + qk_norm + swiglu without biases or softcap
-(other option sets are refused, naming the options): config.json and model.safetensors (a tied
-embedding is stored once), plus the GPT-2 tokenizer files when the model was trained with tiktoken's
-gpt2 encoding. Embedding rows added to pad the
-vocabulary (50304) are dropped so the model's vocabulary matches the tokenizer's (50257).
+Writes what transformers.AutoModelForCausalLM.from_pretrained(hf_dir) loads, one of three kinds:
+GPT2LMHeadModel for GPT-2's option set, Qwen3ForCausalLM for rope + rmsnorm + qk_norm + swiglu without
+biases or softcap, and for every other option set FinewebGPTForCausalLM: model.py copied into the folder
+with a small configuration and modeling file, loaded with trust_remote_code=True. Each folder holds
+config.json and model.safetensors (a tied embedding is stored once), plus the GPT-2 tokenizer files when
+the model was trained with tiktoken's gpt2 encoding. Embedding rows added to pad the vocabulary (50304)
+are dropped so the model's vocabulary matches the tokenizer's (50257). The run prints which kind it wrote.
 """
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 from fineweb_gpt import runlock, tokenizer
 from fineweb_gpt.atomic import find_os_error, os_error_reason, staged_dir
@@ -22,7 +25,7 @@ from configurator import key, run_main
 from fineweb_gpt.checkpoint import BEST, LATEST
 from fineweb_gpt.errors import UserError
 from fineweb_gpt.runlog import METRICS
-from fineweb_gpt.hf_interop import hf_architecture, to_hf_model, write_gpt2_tokenizer
+from fineweb_gpt.hf_interop import REMOTE_CODE, export_kind, to_hf_model, write_gpt2_tokenizer, write_remote_code_model
 from fineweb_gpt.inference import load_for_inference
 
 
@@ -61,9 +64,10 @@ def check_target(hf_dir: str, overwrite: bool) -> None:
                           f"new folder, or pass --overwrite=True to replace the files an export writes there")
 
 
-def write_files(hf_model, tok_record: dict, tokenizer_files: bool, folder: str) -> None:
-    """The export's files: the model's config.json and model.safetensors, and the tokenizer's where it has them."""
-    hf_model.save_pretrained(folder)
+def write_files(write_model: Callable[[str], None], tok_record: dict, tokenizer_files: bool, folder: str) -> None:
+    """The export's files: the model's (config.json, model.safetensors, and the code of a remote-code export),
+    and the tokenizer's where it has them."""
+    write_model(folder)
     if tokenizer_files and tok_record["name"] == tokenizer.GPT2["name"]:
         try:
             write_gpt2_tokenizer(folder)
@@ -76,6 +80,14 @@ def write_files(hf_model, tok_record: dict, tokenizer_files: bool, folder: str) 
     mode = plain_file_mode()
     for name in os.listdir(folder):  # safetensors writes 0600; the other files get the umask's mode (0644)
         os.chmod(os.path.join(folder, name), mode)
+
+
+def model_writer(model, vocab_size: int, eot_id: int) -> Callable[[str], None]:
+    """What writes the model's files into a folder: a transformers architecture's config.json and weights, or,
+    for an option set none computes, those of our own modeling code and the code itself (export_kind)."""
+    if export_kind(model.config) == REMOTE_CODE:
+        return partial(write_remote_code_model, model, vocab_size, eot_id)
+    return to_hf_model(model, vocab_size, eot_id).save_pretrained
 
 
 def plain_file_mode() -> int:
@@ -94,12 +106,9 @@ def write_export(cfg: ExportConfig) -> str:
     check_target(cfg.hf_dir, cfg.overwrite)
     loaded = load_for_inference(cfg.out_dir, cfg.ckpt)
     model, tok_record = loaded.model, loaded.tokenizer
-    try:
-        arch = hf_architecture(model.config)
-    except ValueError as e:  # an option set no transformers architecture computes
-        raise ExportError(str(e)) from e
-    vocab = min(tok_record["vocab_size"], model.config.vocab_size)
-    hf_model = to_hf_model(model, vocab, tok_record["eot_id"])
+    kind = export_kind(model.config)
+    vocab, eot = min(tok_record["vocab_size"], model.config.vocab_size), tok_record["eot_id"]
+    write_model = model_writer(model, vocab, eot)
     parent = os.path.dirname(os.path.abspath(cfg.hf_dir))
     try:
         os.makedirs(parent, exist_ok=True)
@@ -108,15 +117,24 @@ def write_export(cfg: ExportConfig) -> str:
                           f"created ({os_error_reason(e)})") from e
     try:  # written into a staging folder beside hf_dir, then moved in file by file: never half an export
         with staged_dir(cfg.hf_dir, prefix=".export-") as staging:
-            write_files(hf_model, tok_record, cfg.tokenizer_files, staging)
+            write_files(write_model, tok_record, cfg.tokenizer_files, staging)
     except (OSError, *WRITE_ERRORS) as e:  # a full disk, a read-only folder: each library says it its way
         if not isinstance(e, OSError) and find_os_error(e) is None and "os error" not in str(e):
             raise  # safetensors failing for another reason than the system's: a bug, with its traceback
         raise ExportError(f"could not write the export into --hf_dir={cfg.hf_dir} ({os_error_reason(e)})") from e
     source = f"step {loaded.step} of {cfg.out_dir}" if loaded.step is not None else cfg.out_dir
-    print(f"wrote {cfg.hf_dir}: {arch}, {model.num_params()['total'] / 1e6:.1f}M parameters, vocab {vocab}, "
-          f"from {source}")
+    print(f"wrote {cfg.hf_dir}: {describe_kind(kind)}, {model.num_params()['total'] / 1e6:.1f}M parameters, "
+          f"vocab {vocab}, from {source}")
+    remote = ", trust_remote_code=True" if kind == REMOTE_CODE else ""
+    print(f"load it with transformers.AutoModelForCausalLM.from_pretrained({cfg.hf_dir!r}{remote})")
     return cfg.hf_dir
+
+
+def describe_kind(kind: str) -> str:
+    """Which kind of export was written: a transformers architecture, or our modeling code in the folder."""
+    if kind == REMOTE_CODE:
+        return f"{kind} (this project's model.py in the folder: no transformers architecture computes this option set)"
+    return f"{kind} (transformers' own architecture)"
 
 
 def main(argv: list[str] | None = None) -> None:

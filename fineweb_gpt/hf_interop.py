@@ -1,7 +1,9 @@
 """GPT-2 and Hugging Face weights, in and out: OpenAI's GPT-2 checkpoints become our GPT, and our GPT
 becomes a transformers model folder (export.py is the command line over this): GPT2LMHeadModel for
 GPT-2's option set, Qwen3ForCausalLM for the modern option set that Qwen3 computes exactly (RoPE,
-RMSNorm, per-head QK RMSNorm, SwiGLU, no biases, no logit softcap).
+RMSNorm, per-head QK RMSNorm, SwiGLU, no biases, no logit softcap), and for every other option set
+FinewebGPTForCausalLM: model.py itself, copied into the folder with the thin transformers wrapper in
+fineweb_gpt/hf_remote/, loaded with trust_remote_code=True (so it computes what our model computes).
 
 Our parameter names are GPT-2's, so the GPT-2 mapping is 1:1 except that GPT2LMHeadModel stores the
 four block matrices as Conv1D, (in, out), transposed relative to nn.Linear. For Qwen3 the fused
@@ -10,11 +12,15 @@ tiktoken are imported inside the functions that need them.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from dataclasses import asdict, fields, replace
 
 import torch
 
 from fineweb_gpt.errors import UserError
+import model as model_py
 from model import GPT, GPTConfig
 
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -26,6 +32,16 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", logit_softcap=0.0, bias=False,
                              **_NO_RECORD_OPTIONS),
 }
+# Options every architecture serves at any value: sizes, dropout (off at inference), initialisation only, the
+# head tied or not, zero biases where the architecture has them, a RoPE base (Qwen3 takes it; GPT-2 has none),
+# and eot_token (it changes nothing unless doc_causal, which no architecture computes, is on).
+ANY_VALUE = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "zero_init_proj", "tie_embeddings",
+             "bias", "rope_theta", "eot_token"}
+# Every other option set: our own modeling code in the export folder (fineweb_gpt/hf_remote/ and model.py).
+REMOTE_CODE = "FinewebGPTForCausalLM"
+REMOTE_MODEL_TYPE = "fineweb_gpt"
+REMOTE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_remote")
+REMOTE_FILES = ("configuration_fineweb_gpt.py", "modeling_fineweb_gpt.py")
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
@@ -79,15 +95,30 @@ def to_hf_state_dict(model: GPT, vocab_size: int | None = None) -> dict[str, tor
 
 def hf_architecture(config: GPTConfig) -> str:
     """The transformers architecture that computes exactly what this model does, or a ValueError naming the
-    options that keep each candidate out of reach."""
-    misses = {arch: [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in need.items() if getattr(config, k) != v]
-              for arch, need in ARCHITECTURES.items()}
+    options that keep each candidate out of reach. Options ARCHITECTURES does not name must be at GPTConfig's
+    default (any option model.py gains later keeps a model off these architectures until mapped here)."""
+    misses = {arch: [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in needs(arch).items()
+                     if getattr(config, k) != v] for arch in ARCHITECTURES}
     for arch, missed in misses.items():
         if not missed:
             return arch
-    raise ValueError("no transformers architecture computes this model's option set, so it cannot be exported: "
-                     + "; ".join(f"{arch} differs in {', '.join(m)}" for arch, m in misses.items())
-                     + ". Sample from it with sample.py, or train an exportable option set")
+    raise ValueError("no transformers architecture computes this model's option set: "
+                     + "; ".join(f"{arch} differs in {', '.join(m)}" for arch, m in misses.items()))
+
+
+def needs(arch: str) -> dict:
+    """Every GPTConfig option that changes what the model computes, with the value `arch` requires: its own
+    (ARCHITECTURES) first, then GPTConfig's defaults for the rest."""
+    defaults = {f.name: f.default for f in fields(GPTConfig) if f.name not in ANY_VALUE}
+    return {**ARCHITECTURES[arch], **{k: v for k, v in defaults.items() if k not in ARCHITECTURES[arch]}}
+
+
+def export_kind(config: GPTConfig) -> str:
+    """What export writes: a transformers architecture's name, or REMOTE_CODE (our model.py in the folder)."""
+    try:
+        return hf_architecture(config)
+    except ValueError:
+        return REMOTE_CODE
 
 
 def to_hf_model(model: GPT, vocab_size: int, eot_id: int = 50256):
@@ -170,3 +201,51 @@ def write_gpt2_tokenizer(hf_dir: str) -> None:
             f.write(files[tiktoken_name])
     tok = GPT2TokenizerFast(vocab=os.path.join(hf_dir, "vocab.json"), merges=os.path.join(hf_dir, "merges.txt"))
     tok.save_pretrained(hf_dir)
+
+
+def write_remote_code_model(model: GPT, vocab_size: int, eot_id: int, folder: str) -> None:
+    """An export that transformers loads with trust_remote_code=True, for any option set: model.py copied byte
+    for byte beside a configuration and a modeling file (fineweb_gpt/hf_remote/), config.json (GPTConfig's
+    fields, vocab_size cropped) and model.safetensors (a tied head stored once, as the token embedding)."""
+    config = replace(model.config, vocab_size=vocab_size)
+    shutil.copyfile(model_py.__file__, os.path.join(folder, "model.py"))
+    for name in REMOTE_FILES:
+        shutil.copyfile(os.path.join(REMOTE_DIR, name), os.path.join(folder, name))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(remote_code_config(config, eot_id), f, indent=2)
+        f.write("\n")
+    from safetensors.torch import save_file
+    save_file(remote_code_state_dict(model, config), os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def remote_code_config(config: GPTConfig, eot_id: int) -> dict:
+    """config.json of a remote-code export: what FinewebGPTConfig reads, and where transformers finds the code."""
+    module = {name: name.removesuffix(".py") for name in REMOTE_FILES}
+    return {**asdict(config), "model_type": REMOTE_MODEL_TYPE, "architectures": [REMOTE_CODE],
+            "auto_map": {"AutoConfig": f"{module['configuration_fineweb_gpt.py']}.FinewebGPTConfig",
+                         "AutoModelForCausalLM": f"{module['modeling_fineweb_gpt.py']}.{REMOTE_CODE}"},
+            "tie_word_embeddings": config.tie_embeddings, "use_cache": False,
+            "bos_token_id": eot_id, "eos_token_id": eot_id, "torch_dtype": "float32"}
+
+
+def remote_code_state_dict(model: GPT, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """FinewebGPTForCausalLM's tensors for our model (prefix gpt.): every parameter and buffer, the buffers
+    __init__ computes included, each cropped to the shape GPT(config) has (vocab_size rows), in fp32."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in tensors(GPT(config)).items()}
+    out = {}
+    for k, v in tensors(model).items():
+        if k == "lm_head.weight" and config.tie_embeddings:
+            continue  # the token embedding's tensor; the wrapper ties it back on load
+        if v.shape != shapes[k]:
+            if v.shape[1:] != shapes[k][1:] or v.shape[0] < shapes[k][0]:
+                raise ValueError(f"{k}: {tuple(v.shape)} does not crop to {tuple(shapes[k])}")
+            v = v[:shapes[k][0]]
+        out["gpt." + k] = (v.float() if v.is_floating_point() else v).detach().contiguous().clone()
+    return out
+
+
+def tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name, the non-persistent buffers (rotary tables) included."""
+    return {**dict(model.named_buffers()), **model.state_dict()}

@@ -43,6 +43,8 @@ def repository_modules() -> list:
         dirnames[:] = [d for d in dirnames if not d.startswith((".", "__")) and d not in ("tests", "config")]
         for name in sorted(n for n in names if n.endswith(".py")):
             path = os.path.relpath(os.path.join(dirpath, name), ROOT).replace(os.sep, "/")
+            if path.startswith("fineweb_gpt/hf_remote/"):  # copied into exports, imported there beside model.py
+                continue
             if path.startswith(("bench/", "scripts/")):  # run by path, not importable by name
                 modules.append(sys.modules.get(path.replace("/", "_").removesuffix(".py")) or load_script(path))
             elif path.startswith("fineweb_gpt/"):

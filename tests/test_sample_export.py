@@ -75,10 +75,11 @@ def test_impossible_sampling_settings_are_refused_together(tmp_path):
 
 
 @pytest.mark.slow  # an export loaded in transformers
-def test_export_loads_in_transformers_with_the_same_logits_and_text(trained, tiktoken_cache, tmp_path):
+def test_export_loads_in_transformers_with_the_same_logits_and_text(trained, tiktoken_cache, tmp_path, capsys):
     transformers = pytest.importorskip("transformers", reason="transformers is needed to load the export")
     hf_dir = str(tmp_path / "hf")
     export.export(parse_config(export.ExportConfig, [f"--out_dir={trained}", f"--hf_dir={hf_dir}"]))
+    assert "GPT2LMHeadModel (transformers' own architecture)" in capsys.readouterr().out
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json"} <= set(os.listdir(hf_dir))
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     assert type(hf).__name__ == "GPT2LMHeadModel" and hf.config.vocab_size == 50257
@@ -123,19 +124,29 @@ def test_init_from_gpt2_in_sample_and_train(fake_gpt2_hub, shards, tiktoken_cach
     assert asked == ["gpt2", "gpt2-medium"] and result["step"] == 2
 
 
-def test_export_refuses_an_option_set_transformers_cannot_compute(tmp_path):
+def test_export_of_an_option_set_no_architecture_computes_carries_our_model_code(tmp_path, capsys):
+    # loaded and compared with our logits in tests/test_hf_interop.py; here: what export.py writes and says
+    import json
     from dataclasses import asdict
 
     from fineweb_gpt.checkpoint import save_checkpoint
     from conftest import OPTION_SETS, tiny_model
-    from export import ExportConfig, ExportError, export
+    from export import ExportConfig, export
     from fineweb_gpt.tokenizer import describe
     model = tiny_model(**OPTION_SETS["modern"])
     save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config),  # train.py records a tokenizer
                      "tokenizer": describe(None)}, str(tmp_path / "ckpt.pt"))
-    with pytest.raises(ExportError, match="cannot be exported: .*mlp='relu2'"):
-        export(ExportConfig(out_dir=str(tmp_path), hf_dir=str(tmp_path / "hf")))
-    assert not (tmp_path / "hf").exists()
+    hf_dir = tmp_path / "hf"
+    export(ExportConfig(out_dir=str(tmp_path), hf_dir=str(hf_dir), tokenizer_files=False))
+    assert sorted(os.listdir(hf_dir)) == ["config.json", "configuration_fineweb_gpt.py", "model.py",
+                                          "model.safetensors", "modeling_fineweb_gpt.py"]
+    assert (hf_dir / "model.py").read_bytes() == open(os.path.join(ROOT, "model.py"), "rb").read()
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_fineweb_gpt.FinewebGPTForCausalLM"
+    assert {k: config[k] for k in asdict(model.config)} == asdict(model.config)  # vocab 256 < GPT-2's: kept
+    printed = capsys.readouterr().out
+    assert "FinewebGPTForCausalLM (this project's model.py in the folder" in printed
+    assert f"from_pretrained({str(hf_dir)!r}, trust_remote_code=True)" in printed
 
 
 def test_export_files_get_the_same_permissions_as_any_new_file(tmp_path):
