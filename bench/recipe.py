@@ -59,6 +59,16 @@ OPTIONS = {
     "lambdas": dict(x0_lambdas=True),
     "unet": dict(unet_skips=True),
     "init": dict(init="nanochat"),                    # nanochat's initial scales
+    "momentum_warmup": dict(muon_momentum_warmup=40),  # 0.85 -> 0.95 over the first 16% (modded: 300 of ~1,800 steps)
+    "polar_express": dict(muon_ns="polar_express"),
+    "normuon": dict(muon_normuon=True),
+    "cautious_wd": dict(muon_cautious_wd=True, weight_decay=0.2),  # needs a decay; nanochat's Muon decay is 0.2
+    # document-aligned rows, document-causal attention, sliding windows, batch-size warmup: for rows of 2,048
+    # tokens, 2 micro-steps of 1 row per step, 123 steps (the window grows over the whole run, as modded-nanogpt's)
+    "doc_align": dict(doc_align="bestfit"),
+    "doc_causal": dict(doc_causal=True),
+    "window": dict(attn_window=512, window_pattern="SSSL", window_start=128, window_warmup_iters=123),
+    "batch_warmup": dict(batch_warmup_iters=40, batch_start_frac=0.5),  # 1 micro-step, then 2 from step 20
 }
 
 
@@ -89,7 +99,9 @@ class RecipeBenchConfig:
     n_head: int = key(4, "attention heads", range="[1, inf)")
     n_embd: int = key(256, "embedding width", range="[1, inf)")
     block_size: int = key(256, "context length", range="[1, inf)")
-    batch_size: int = key(8, "sequences per step (tokens per step = batch_size * block_size)", range="[1, inf)")
+    batch_size: int = key(8, "sequences per micro-step", range="[1, inf)")
+    accumulation: int = key(1, "micro-steps per step (tokens per step = batch_size * block_size * accumulation)",
+                            range="[1, inf)")
     max_iters: int = key(60, "steps per run (the token budget)", range="[1, inf)")
     warmup_iters: int = key(10, "warmup steps of every recipe", range="[0, inf)")
     eval_interval: int = key(10, "evaluate on the report half every this many steps", range="[1, inf)")
@@ -104,6 +116,8 @@ class RecipeBenchConfig:
     reuse: bool = key(False, "keep runs of out_dir that finished with the same config instead of training them again")
     timing_steps: int = key(10, "interleaved timed steps per recipe for the time-per-step ratio (0 = skip)",
                             range="[0, inf)")
+    report: bool = key(True, "compare and time the recipes after training; False = only train the runs (to spread "
+                       "them over processes that share out_dir: each trains different variants, then one reports)")
     memory: bool = key(True, "measure each chosen recipe's peak RSS over three training steps, each in its own process")
     device: str = key("cpu", "device to train on")
     dtype: str = key("float32", "autocast dtype (bfloat16 is faster only on CPUs with avx512_bf16 or amx)", choices=hardware.DTYPES)
@@ -133,7 +147,7 @@ def run_config(b: RecipeBenchConfig, recipe: str, lr: float, data_dir: str, out_
     keys = recipe_keys(recipe, b.base)
     min_lr = 0.0 if keys["lr_schedule"] == "wsd" else lr / 10  # WSD cools down to zero
     return TrainConfig(out_dir=out_dir, data_dir=data_dir, n_layer=b.n_layer, n_head=b.n_head, n_embd=b.n_embd,
-                       block_size=b.block_size, batch_size=b.batch_size, gradient_accumulation_steps=1,
+                       block_size=b.block_size, batch_size=b.batch_size, gradient_accumulation_steps=b.accumulation,
                        max_iters=b.max_iters, warmup_iters=b.warmup_iters, eval_interval=b.eval_interval,
                        eval_iters=b.eval_iters, log_interval=1, learning_rate=lr, min_lr=min_lr, device=b.device,
                        dtype=b.dtype, compile=False, seed=b.seed, always_save_checkpoint=False, **keys)
@@ -282,7 +296,7 @@ def compare(b: RecipeBenchConfig) -> dict:
         return time_only(b)
     os.makedirs(b.out_dir, exist_ok=True)
     data = split_val(b.data_dir, b.out_dir)
-    tokens_per_step = b.batch_size * b.block_size
+    tokens_per_step = b.batch_size * b.block_size * b.accumulation
     print(f"{b.n_layer} layers x {b.n_embd} wide, context {b.block_size}, {tokens_per_step:,} tokens/step, "
           f"{b.max_iters} steps = {b.max_iters * tokens_per_step:,} tokens per run, {b.dtype} on {b.device}, "
           f"base options: {b.base or 'none'}; CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
@@ -291,6 +305,8 @@ def compare(b: RecipeBenchConfig) -> dict:
     best = lambda recipe: min((r for r in runs if r["recipe"] == recipe), key=lambda r: r["select_loss"])  # noqa: E731
     for variant in parse_variants(b.variants):
         runs += [train_run(b, variant, lr, data) for lr in parse_lrs(b.variant_lrs) or [best("modern")["lr"]]]
+    if not b.report:
+        return {"runs": runs}
     chosen = {recipe: best(recipe) for recipe in dict.fromkeys(r["recipe"] for r in runs)}
     chosen = {"gpt2": chosen.pop("gpt2"), **chosen}
     target = chosen["gpt2"]["final_loss"]
