@@ -157,6 +157,9 @@ class TrainConfig(ModelKeys):
                              range="[0, inf)")
 
 
+MUON_VARIANT_KEYS = ("muon_ns", "muon_normuon", "muon_cautious_wd")  # saved in Muon's state dict
+
+
 class TrainingError(UserError):
     """Stops the run with a message for the user (diverged loss, impossible config, unwritable out_dir)."""
 
@@ -438,6 +441,13 @@ def check_can_continue(ckpt: dict, state: LoopState, cfg: TrainConfig, env: Env)
                           f"--optimizer={saved_optimizer}, or start a new run in another --out_dir")
     known = {f.name for f in fields(TrainConfig)}  # a key this version no longer has plays no part in the schedule
     old = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    # Muon's variants are saved with its state and the saved values would win over this run's keys: refuse
+    changed = [f"--{k}={getattr(old, k)!r} (this run: {getattr(cfg, k)!r})" for k in MUON_VARIANT_KEYS
+               if k in ckpt["config"] and getattr(old, k) != getattr(cfg, k)]
+    if changed and cfg.optimizer == "muon":
+        raise ConfigError(f"the checkpoint's Muon was built with {', '.join(changed)}; its optimizer state carries "
+                          f"those settings, so a resume keeps them: resume with the checkpoint's values, or start a "
+                          f"new run in another --out_dir")
     change = None if cfg.time_budget else schedule.describe_change(state.step, old, cfg)
     if change:
         env.print0(f"resume: {change}")

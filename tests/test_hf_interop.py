@@ -77,6 +77,10 @@ REMOTE_CODE_OPTION_SETS = {
     "qwen3+bias+tied": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", bias=True),
     "modern": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False,
                    logit_softcap=15.0, zero_init_proj=True, bias=False),
+    # the record line's options: value embeddings, x0 lambdas, U-net skips, documents and sliding windows
+    "record": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False,
+                   logit_softcap=15.0, bias=False, init="nanochat", value_embeds=1, x0_lambdas=True, unet_skips=True,
+                   doc_causal=True, eot_token=299, attn_window=4, window_pattern="SL"),
 }
 # the architectures' own option sets, through the same export and load
 ARCHITECTURE_OPTION_SETS = {"gpt2": ({}, "GPT2LMHeadModel"),
