@@ -60,6 +60,7 @@ def test_window_pattern_repeats_and_the_last_layer_is_long():
         GPTConfig(attn_window=2048)
 
 
+@pytest.mark.slow  # compiles nothing, but runs the model through FlexAttention's eager reference
 def test_flex_attention_forward_equals_the_dense_path(monkeypatch):
     # the CUDA path (block masks) on CPU, forward only (FlexAttention has no backward on CPU), uncompiled
     from torch.nn.attention.flex_attention import flex_attention

@@ -182,6 +182,7 @@ def doc_shards(tmp_path):
     return make_doc_dir(tmp_path / "data", longest=60)
 
 
+@pytest.mark.slow  # three training runs
 def test_doc_aligned_batch_schedule_resumes_exactly_and_counts_real_tokens(tmp_path):
     data = doc_shards(tmp_path)
     common = ["--eval_interval=4", "--lr_decay_iters=8", "--batch_size=2", "--gradient_accumulation_steps=4",
