@@ -243,9 +243,11 @@ def load_data(cfg: TrainConfig, env: Env) -> tuple[TrainLoader, ValSet, dict]:
     data_dir = data_dir_of(cfg)
     meta = read_meta(data_dir)
     tok_record = tokenizer.describe(meta)
-    if cfg.doc_align != "off" and meta.get("eot_id", cfg.eot_token) != cfg.eot_token:
-        raise ConfigError(f"doc_align={cfg.doc_align} opens rows at eot_token={cfg.eot_token}, but the shards' "
-                          f"end-of-text token is {meta['eot_id']} (meta.json): set --eot_token={meta['eot_id']}")
+    users = ([f"doc_align={cfg.doc_align} opens rows"] if cfg.doc_align != "off" else []) + \
+            (["doc_causal=True separates documents"] if cfg.doc_causal else [])
+    if users and meta.get("eot_id", cfg.eot_token) != cfg.eot_token:
+        raise ConfigError(f"{' and '.join(users)} at eot_token={cfg.eot_token}, but the shards' end-of-text token "
+                          f"is {meta['eot_id']} (meta.json): set --eot_token={meta['eot_id']}")
     train_loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, cfg.seed, env.rank, env.world_size, env.device,
                                cfg.doc_align, cfg.eot_token)
     val_set = ValSet(data_dir, cfg.val_batch_size or cfg.batch_size, cfg.block_size, cfg.eval_iters, env.device)

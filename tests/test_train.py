@@ -208,12 +208,15 @@ def test_a_checkpoint_without_a_token_count_resumes_counting_full_updates(synthe
     assert [r["tokens"] for r in metrics(tmp_path) if r["step"] >= 2][-1] == 3 * 4 * 32
 
 
-def test_doc_align_with_another_end_of_text_token_than_the_shards_is_explained(tmp_path):
+@pytest.mark.parametrize("option, named", [("--doc_align=crop", "doc_align=crop opens rows"),
+                                           ("--doc_causal=True", "doc_causal=True separates documents")])
+def test_documents_at_another_end_of_text_token_than_the_shards_is_explained(tmp_path, option, named):
     data = doc_shards(tmp_path)
     with open(os.path.join(data, "meta.json"), "w") as f:
         json.dump({"eot_id": 0}, f)
-    with pytest.raises(ConfigError, match="the shards' end-of-text token is 0 \\(meta.json\\): set --eot_token=0"):
-        run_train(data, tmp_path / "out", "--max_iters=1", "--doc_align=crop")
+    with pytest.raises(ConfigError, match=f"{named} at eot_token=50256, but the shards' end-of-text token is 0 "
+                                          f"\\(meta.json\\): set --eot_token=0"):
+        run_train(data, tmp_path / "out", "--max_iters=1", option)
 
 
 def test_a_batch_schedule_that_cannot_grow_is_explained(synthetic_shards, tmp_path):
