@@ -20,7 +20,8 @@ from fineweb_gpt.activation_checkpointing import apply_activation_checkpointing
 from configurator import ConfigError, key, run_main
 from model import GPT
 from fineweb_gpt.optimizer import make_optimizer
-from train import TrainConfig, model_config, optimizer_settings  # the training config keys, so config/*.py files read unchanged
+# the training config keys (so config/*.py files read unchanged), and the attention check its models pass too
+from train import TrainConfig, check_flex_attention, model_config, optimizer_settings
 
 
 @dataclass
@@ -37,6 +38,7 @@ def bench(cfg: BenchConfig) -> dict:
     use_compile, compile_reason = hardware.pick_compile(cfg.compile, device)
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(cfg)).to(device)
+    check_flex_attention(model, dtype, device)  # document or window masks: dense ones where FlexAttention fails
     optimizer, _ = make_optimizer(model, optimizer_settings(cfg))
     chunked = model.set_chunked_loss(cfg.chunked_loss)
     if cfg.activation_checkpointing:

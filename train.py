@@ -15,6 +15,7 @@ arithmetic (batch.py), the checkpoint layout and loop state (checkpoint.py), the
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import itertools
 import math
@@ -23,7 +24,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -266,7 +267,7 @@ def checkpoint_to_resume(cfg: TrainConfig, env: Env) -> dict | None:
     return load_checkpoint(os.path.join(cfg.out_dir, LATEST)) if resume else None
 
 
-def apply_depth(cfg: TrainConfig, env: Env, amp, ckpt: dict | None, clock: Clock) -> TrainConfig:
+def apply_depth(cfg: TrainConfig, env: Env, dtype: str, amp, ckpt: dict | None, clock: Clock) -> TrainConfig:
     """The depth dial (its rules: fineweb_gpt/plan.py): the keys it sets, each unless set explicitly, printed.
     depth=auto measures this machine first; a resume keeps the depth its run chose."""
     if cfg.depth == 0:
@@ -278,7 +279,7 @@ def apply_depth(cfg: TrainConfig, env: Env, amp, ckpt: dict | None, clock: Clock
             env.print0("depth=auto: the run being resumed did not use the depth dial; its keys stay as they were")
             return cfg
     elif depth == "auto":
-        depth = depth_by_speed(cfg, env, amp, clock)
+        depth = depth_by_speed(cfg, env, dtype, amp, clock)
     dialled, notes = plan.dial(cfg, depth, env.world_size, model_config)
     env.print0(f"depth {depth}: " + "; ".join(notes))
     check_config(dialled)  # the dial's learning rates against an explicit min_lr, and the like
@@ -289,7 +290,7 @@ AUTO_DEPTHS = (2, 4, 6, 8, 10, 12, 16, 20, 24, 32)  # depth=auto measures these 
 SPEED_STEPS = 3  # timed updates per measured depth
 
 
-def depth_by_speed(cfg: TrainConfig, env: Env, amp, clock: Clock) -> int:
+def depth_by_speed(cfg: TrainConfig, env: Env, dtype: str, amp, clock: Clock) -> int:
     """depth=auto: this machine's training speed at increasing depths (compiled and batched as the run will
     be), until the budget left cannot train one on its compute-optimal tokens; the deepest that can."""
     budget = plan.parse_duration(cfg.time_budget)
@@ -298,6 +299,7 @@ def depth_by_speed(cfg: TrainConfig, env: Env, amp, clock: Clock) -> int:
         trial, _ = plan.dial(cfg, depth, env.world_size, model_config)
         model = GPT(model_config(trial)).to(env.device).train()
         set_memory_options(model, trial, env)
+        check_flex_attention(model, dtype, env.device, say=lambda line: None)  # the chosen model's run says it
         optimizer, _ = make_optimizer(model, optimizer_settings(trial))
         compiled = torch.compile(model) if hardware.pick_compile(trial.compile, env.device)[0] else model
         tok_per_s = 0.0
@@ -375,16 +377,24 @@ def set_memory_options(model: GPT, cfg: TrainConfig, env: Env) -> None:
                f"{'on' if cfg.activation_checkpointing else 'off'}")
 
 
-def check_flex_attention(model: GPT, dtype: str, env: Env) -> None:
+@functools.cache
+def flex_attention_failure(device: str, dtype: str, n_head: int, head_size: int) -> str | None:
+    """Why FlexAttention does not run here (None: it does), probed once per process for each device, dtype and
+    head shape: every model built with them (depth=auto's trials, then the run) takes the same answer."""
+    return flex_attention_error(device, getattr(torch, dtype), n_head, head_size)
+
+
+def check_flex_attention(model: GPT, dtype: str, device: str, say: Callable[[str], None] = print) -> None:
     """With document or window masks on CUDA: a small FlexAttention forward and backward, with the model's kernel
-    options, runs on this GPU; else the model uses SDPA with dense masks, said once."""
-    if not env.device.startswith("cuda") or not masked(model.config):
+    options, runs on this GPU; else the model uses SDPA with dense masks, and `say` tells why. Every script that
+    trains a masked model (train.py, bench.py, bench/) calls this before its first forward."""
+    if not device.startswith("cuda") or not masked(model.config):
         return
-    error = flex_attention_error(env.device, getattr(torch, dtype), model.config.n_head, model.config.head_size)
+    error = flex_attention_failure(device, dtype, model.config.n_head, model.config.head_size)
     if error:
         model.use_dense_attention()
-        env.print0(f"attention: FlexAttention does not run on {hardware.device_name(env.device)} ({error}); using "
-                   f"SDPA with dense masks instead (the same results, slower and with more memory)")
+        say(f"attention: FlexAttention does not run on {hardware.device_name(device)} ({error}); using SDPA with "
+            f"dense masks instead (the same results, slower and with more memory)")
 
 
 def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val_set: ValSet) -> None:
@@ -555,7 +565,7 @@ def train(cfg: TrainConfig) -> dict:
         ckpt = checkpoint_to_resume(cfg, env)
         for split in ("train", "val") if not cfg.plan_only else ():  # missing data is reported now, not after
             find_shards(data_dir_of(cfg), split)                     # minutes of depth=auto or batch_size=auto
-        cfg = apply_depth(cfg, env, amp, ckpt, Clock(0.0, started))  # a resume keeps the depth its run chose
+        cfg = apply_depth(cfg, env, dtype, amp, ckpt, Clock(0.0, started))  # a resume keeps the depth its run chose
         if cfg.plan_only:  # the plan, then stop (no data needed)
             params = count_params(model_config(cfg))["total"]
             per_update = cfg.total_batch_size or resolve_batch(cfg, env.world_size)[1]
@@ -567,7 +577,7 @@ def train(cfg: TrainConfig) -> dict:
         if ckpt is not None:
             check_can_continue(ckpt, state, cfg, env)
         set_memory_options(raw_model, cfg, env)
-        check_flex_attention(raw_model, dtype, env)
+        check_flex_attention(raw_model, dtype, env.device, env.print0)
         optimizer, peak_lrs, scaler = setup_optimizer(raw_model, cfg, env, dtype)
         # batch_size=auto is probed with the compiled model and the optimizer; the data, batched by it, comes after
         compiled = compile_model(raw_model, cfg, env)

@@ -28,6 +28,7 @@ from configurator import key, run_main
 from fineweb_gpt import hardware
 from fineweb_gpt.dataloader import find_shards, open_shard
 from model import GPT, GPTConfig, short_window_layers
+from train import check_flex_attention
 
 
 @dataclass
@@ -78,12 +79,14 @@ def allowed_fraction(model: GPT, idx: torch.Tensor) -> float:
     return statistics.mean(dense[short] for short in short_window_layers(model.config))
 
 
-def time_variant(cfg: AttentionBenchConfig, options: dict, idx: torch.Tensor, device: str, amp) -> tuple[float, float]:
+def time_variant(cfg: AttentionBenchConfig, options: dict, idx: torch.Tensor, device: str, dtype: str,
+                 amp) -> tuple[float, float]:
     """(median step seconds, allowed fraction) of one option set."""
     torch.manual_seed(cfg.seed)
     config = GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                        vocab_size=50304, eot_token=cfg.eot_token, bias=False, pos_emb="rope", norm="rmsnorm", **options)
     model = GPT(config).to(device).train()
+    check_flex_attention(model, dtype, device)  # the dense path where FlexAttention fails, as the docstring says
     times = []
     for step in range(cfg.warmup_steps + cfg.steps):
         t = time.perf_counter()
@@ -110,7 +113,7 @@ def run(cfg: AttentionBenchConfig) -> dict[str, float]:
     print("| variant | ms/step | tokens/s | pairs allowed |\n|---|---:|---:|---:|")
     results = {}
     for name, options in variants(cfg).items():
-        seconds, fraction = time_variant(cfg, options, idx, device, amp)
+        seconds, fraction = time_variant(cfg, options, idx, device, dtype, amp)
         results[name] = seconds
         print(f"| {name} | {seconds * 1000:.0f} | {idx.numel() / seconds:,.0f} | {fraction:.1%} |", flush=True)
     return results

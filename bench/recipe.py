@@ -41,7 +41,7 @@ from fineweb_gpt.inference import load_for_inference
 from model import GPT, count_params
 from fineweb_gpt.optimizer import make_optimizer
 from fineweb_gpt.runlog import METRICS, read_metrics
-from train import TrainConfig, model_config, optimizer_settings, train
+from train import TrainConfig, check_flex_attention, model_config, optimizer_settings, train
 
 # Each recipe's keys; the learning rate (of the block matrices) is swept. "modern" is what config/train_fineweb.py
 # trained before the record line's options: SwiGLU, so that it exports to transformers' Qwen3ForCausalLM.
@@ -212,6 +212,7 @@ def time_steps(b: RecipeBenchConfig, chosen: dict[str, dict]) -> tuple[dict[str,
         cfg = run_config(b, recipe, result["lr"], "", "")
         torch.manual_seed(b.seed)
         model = GPT(model_config(cfg)).to(device).train()
+        check_flex_attention(model, dtype, device)
         optimizer, _ = make_optimizer(model, optimizer_settings(cfg))
         steppers[recipe] = (model, optimizer)
     x = torch.randint(0, 50257, (b.batch_size, b.block_size + 1), device=device)

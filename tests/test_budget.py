@@ -72,7 +72,7 @@ def test_depth_auto_picks_a_deeper_model_for_a_longer_budget(monkeypatch):
         cfg = config(f"--time_budget={budget}", "--lr_schedule=wsd", "--depth=auto", "--block_size=64",
                      "--batch_size=2", "--vocab_size=512", "--compile=False")
         measured.clear()
-        chosen[budget] = train.depth_by_speed(cfg, Env("cpu"), contextlib.nullcontext(), Clock(0.0))
+        chosen[budget] = train.depth_by_speed(cfg, Env("cpu"), "float32", contextlib.nullcontext(), Clock(0.0))
         # increasing depths, up to and including the first that does not fit
         assert measured and measured == list(train.AUTO_DEPTHS[:len(measured)])
         assert measured[-1] == train.AUTO_DEPTHS[train.AUTO_DEPTHS.index(chosen[budget]) + 1]

@@ -219,6 +219,70 @@ def test_documents_at_another_end_of_text_token_than_the_shards_is_explained(tmp
         run_train(data, tmp_path / "out", "--max_iters=1", option)
 
 
+@pytest.fixture
+def flex_fails_on_a_pretend_gpu(monkeypatch):
+    """FlexAttention's probe fails, and train.check_flex_attention acts as on CUDA whatever device it is given;
+    returns the list of the probe's calls."""
+    probes = []
+
+    def failing_probe(*args):
+        probes.append(args)
+        return "RuntimeError: out of shared memory"
+    real_check = train.check_flex_attention
+    monkeypatch.setattr(train, "flex_attention_error", failing_probe)
+    monkeypatch.setattr(train.hardware, "device_name", lambda device: "a pretend GPU")
+    monkeypatch.setattr(train, "check_flex_attention",
+                        lambda model, dtype, device, say=print: real_check(model, dtype, "cuda", say))
+    train.flex_attention_failure.cache_clear()
+    yield probes
+    train.flex_attention_failure.cache_clear()
+
+
+MASKED_MODEL = dict(doc_causal=True, eot_token=0, attn_window=8)
+
+
+def test_a_failing_flex_attention_probe_runs_once_and_every_masked_model_uses_dense_masks(
+        flex_fails_on_a_pretend_gpu):
+    said = []
+    models = [GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, **MASKED_MODEL))
+              for _ in range(2)]
+    for model in models:
+        train.check_flex_attention(model, "bfloat16", "cuda", said.append)
+    assert len(flex_fails_on_a_pretend_gpu) == 1  # probed once per process
+    assert [m.attn_masks.flex for m in models] == [False, False]
+    assert len(said) == 2 and "FlexAttention does not run on a pretend GPU (RuntimeError: out of shared memory)" in said[0]
+
+
+def test_depth_auto_and_bench_train_their_masked_models_with_dense_masks_where_flex_fails(
+        flex_fails_on_a_pretend_gpu, monkeypatch):
+    import contextlib
+    import bench
+    from fineweb_gpt import plan
+    from fineweb_gpt.distributed import Env
+    from fineweb_gpt.runlog import Clock
+    flex_in_forward = []
+    forward = GPT.forward
+
+    def recorded_forward(self, *args, **kwargs):
+        flex_in_forward.append(self.attn_masks.flex)
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(GPT, "forward", recorded_forward)
+    monkeypatch.setattr(bench, "check_flex_attention", train.check_flex_attention)
+    bench.main([*TINY, "--doc_causal=True", "--eot_token=0", "--attn_window=8", "--warmup_steps=0", "--timed_steps=1"])
+    assert flex_in_forward and not any(flex_in_forward)
+
+    def one_forward(model, *args) -> float:
+        model(torch.zeros(1, 8, dtype=torch.long))
+        return 1.0  # token/s: depth 2 does not fit the budget, so depth=auto measures no other
+    flex_in_forward.clear()
+    monkeypatch.setattr(plan, "measure_tokens_per_s", one_forward)
+    cfg = parse_config(train.TrainConfig, ["--device=cpu", "--time_budget=1h", "--lr_schedule=wsd", "--depth=auto",
+                                           "--block_size=64", "--batch_size=2", "--vocab_size=512", "--compile=False",
+                                           *(f"--{k}={v}" for k, v in MASKED_MODEL.items())])
+    assert train.depth_by_speed(cfg, Env("cpu"), "float32", contextlib.nullcontext(), Clock(0.0)) == 2
+    assert flex_in_forward == [False]
+
+
 def test_a_batch_schedule_that_cannot_grow_is_explained(synthetic_shards, tmp_path):
     with pytest.raises(ConfigError, match="batch_warmup_iters=4 grows the batch through the accumulation count"):
         run_train(synthetic_shards, tmp_path, "--max_iters=2", "--batch_warmup_iters=4")
