@@ -625,12 +625,13 @@ class SlidingLayerCache:
                 torch.cat((self.slot_doc, doc), dim=1))
 
     def write(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, doc: torch.Tensor) -> None:
-        """Store the new tokens (only the last `size` of them fit) in their slots."""
+        """Store the new tokens (only the last `size` of them fit) in their slots, in the cache's dtype (under
+        autocast they come in the autocast dtype; index assignment, unlike LayerCache's slices, does not cast)."""
         size = self.k.size(2)
         keep = min(k.size(2), size)
         slots = pos[-keep:] % size
-        self.k[:, :, slots] = k[:, :, -keep:]
-        self.v[:, :, slots] = v[:, :, -keep:]
+        self.k[:, :, slots] = k[:, :, -keep:].to(self.k.dtype)
+        self.v[:, :, slots] = v[:, :, -keep:].to(self.v.dtype)
         self.slot_pos[slots] = pos[-keep:]
         self.slot_doc[:, slots] = doc[:, -keep:]
         self.pos += k.size(2)

@@ -106,6 +106,20 @@ def test_cached_decoding_equals_a_full_forward(options):
     assert torch.equal(cached, torch.cat(list(generate(model, prompt, 15, temperature=0, use_cache=False)), 1))
 
 
+def test_cached_decoding_under_autocast_stays_close_to_the_full_forward():
+    """The cache holds float32 keys and values while autocast computes them in bfloat16 (sample.py on a GPU)."""
+    model = scrambled_model(**MASKED)
+    idx = rows_with_documents(T=26) % 256
+    with torch.autocast("cpu", torch.bfloat16):
+        full, _ = model(idx)
+        cache = KVCache(model.config, 2, 26, "cpu", torch.float32)
+        pieces = [model(idx[:, :9], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(9, 26)]
+        generated = list(generate(model, idx[:, :9], 15, temperature=0))
+    assert len(generated) == 15
+    # logits of a few units, computed in bfloat16 (8 significant bits) along two paths: a few hundredths apart
+    torch.testing.assert_close(torch.cat(pieces, 1).float(), full.float(), rtol=0, atol=0.1)
+
+
 def test_the_window_schedule_grows_linearly_then_stays():
     assert [attn_window(s, 1024, 128, 8) for s in (0, 1, 4, 8, 100)] == [128, 240, 576, 1024, 1024]
     assert attn_window(0, 256, 0, 0) == 256  # off: the full window from the start
