@@ -32,11 +32,12 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", logit_softcap=0.0, bias=False,
                              **_NO_RECORD_OPTIONS),
 }
-# Options every architecture serves at any value: sizes, dropout (off at inference), initialisation only, the
-# head tied or not, zero biases where the architecture has them, a RoPE base (Qwen3 takes it; GPT-2 has none),
-# and eot_token (it changes nothing unless doc_causal, which no architecture computes, is on).
-ANY_VALUE = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "zero_init_proj", "tie_embeddings",
-             "bias", "rope_theta", "eot_token"}
+# Options every architecture serves at any value: sizes, dropout (off at inference), the initial weights only
+# (init, zero_init_proj), the head tied or not, zero biases where the architecture has them, a RoPE base (Qwen3
+# takes it; GPT-2 has none), and eot_token (it changes nothing unless doc_causal, which no architecture computes,
+# is on). window_pattern as well while attn_window is 0 (no short window to place: see hf_architecture).
+ANY_VALUE = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "init", "zero_init_proj",
+             "tie_embeddings", "bias", "rope_theta", "eot_token"}
 # Every other option set: our own modeling code in the export folder (fineweb_gpt/hf_remote/ and model.py).
 REMOTE_CODE = "FinewebGPTForCausalLM"
 REMOTE_MODEL_TYPE = "fineweb_gpt"
@@ -97,6 +98,8 @@ def hf_architecture(config: GPTConfig) -> str:
     """The transformers architecture that computes exactly what this model does, or a ValueError naming the
     options that keep each candidate out of reach. Options ARCHITECTURES does not name must be at GPTConfig's
     default (any option model.py gains later keeps a model off these architectures until mapped here)."""
+    if not config.attn_window:  # without a short window the pattern places nothing
+        config = replace(config, window_pattern=GPTConfig().window_pattern)
     misses = {arch: [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in needs(arch).items()
                      if getattr(config, k) != v] for arch in ARCHITECTURES}
     for arch, missed in misses.items():

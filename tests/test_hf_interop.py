@@ -106,6 +106,17 @@ def test_every_option_outside_an_architecture_must_be_at_its_default():
         assert export_kind(GPTConfig(**options)) == REMOTE_CODE
 
 
+def test_options_that_change_nothing_computed_keep_an_architecture():
+    from fineweb_gpt.hf_interop import REMOTE_CODE, export_kind
+    from model import GPTConfig
+    qwen3 = ARCHITECTURE_OPTION_SETS["qwen3"][0]
+    # nanochat's initial weights; a window pattern without a window
+    assert export_kind(GPTConfig(**qwen3, init="nanochat")) == "Qwen3ForCausalLM"
+    assert export_kind(GPTConfig(**qwen3, window_pattern="SL")) == "Qwen3ForCausalLM"
+    assert export_kind(GPTConfig(window_pattern="L")) == "GPT2LMHeadModel"
+    assert export_kind(GPTConfig(**qwen3, window_pattern="SL", attn_window=16)) == REMOTE_CODE
+
+
 LOAD_EXPORTS = """
 import json, sys
 import torch, transformers
