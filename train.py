@@ -416,6 +416,21 @@ def setup_optimizer(model: GPT, cfg: TrainConfig, env: Env, dtype: str) -> tuple
     return optimizer, peak_lrs, torch.amp.GradScaler(env.device.split(":")[0], enabled=(dtype == "float16"))
 
 
+def batch_schedule(cfg: TrainConfig, world_size: int) -> BatchSchedule:
+    """The micro-steps per process of each update, for a micro-batch of cfg.batch_size sequences."""
+    accum_steps, tokens_per_step = resolve_batch(cfg, world_size)
+    return BatchSchedule(accum_steps, tokens_per_step // accum_steps, cfg.batch_warmup_iters, cfg.batch_start_frac)
+
+
+def describe_plan(cfg: TrainConfig, env: Env, clock: Clock) -> str:
+    """plan_only's line: steps, tokens (a batch warmup's smaller updates counted) and parameters. batch_size=auto
+    chooses its micro-batch only when training starts: counted here in micro-batches of one sequence, so a
+    batch warmup's tokens are a lower bound (the chosen micro-batch rounds each update up to whole micro-batches)."""
+    batches = batch_schedule(replace(cfg, batch_size=1) if cfg.batch_size == "auto" else cfg, env.world_size)
+    params = count_params(model_config(cfg))["total"]
+    return plan.Horizon(cfg, LoopState(), env, clock, params, batches.tokens_per_step, batches.tokens_before).describe()
+
+
 def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp,
                 state: LoopState) -> tuple[TrainConfig, BatchSchedule]:
     """(cfg with batch_size=auto replaced by the micro-batch chosen, the micro-steps per rank of each update),
@@ -426,11 +441,11 @@ def setup_batch(cfg: TrainConfig, env: Env, model: GPT, optimizer, amp,
         state.auto_batch_size = cfg.batch_size
     else:
         state.auto_batch_size = None
-    accum_steps, tokens_per_step = resolve_batch(cfg, env.world_size)
+    batches = batch_schedule(cfg, env.world_size)
+    accum_steps, tokens_per_step = batches.accum_steps, batches.tokens_per_step
     env.print0(f"batch: {tokens_per_step:,} tokens/update = {report.plural(cfg.batch_size, 'sequence')} x "
                f"{report.plural(cfg.block_size, 'token')} x {report.plural(accum_steps, 'micro-step')} x "
                f"{report.plural(env.world_size, 'process', 'processes')}")
-    batches = BatchSchedule(accum_steps, tokens_per_step // accum_steps, cfg.batch_warmup_iters, cfg.batch_start_frac)
     if cfg.batch_warmup_iters:
         if batches.accum_at(0) == accum_steps:
             raise ConfigError(f"batch_warmup_iters={cfg.batch_warmup_iters} grows the batch through the accumulation "
@@ -567,9 +582,7 @@ def train(cfg: TrainConfig) -> dict:
             find_shards(data_dir_of(cfg), split)                     # minutes of depth=auto or batch_size=auto
         cfg = apply_depth(cfg, env, dtype, amp, ckpt, Clock(0.0, started))  # a resume keeps the depth its run chose
         if cfg.plan_only:  # the plan, then stop (no data needed)
-            params = count_params(model_config(cfg))["total"]
-            per_update = cfg.total_batch_size or resolve_batch(cfg, env.world_size)[1]
-            env.print0(plan.Horizon(cfg, LoopState(), env, Clock(0.0, started), params, per_update).describe())
+            env.print0(describe_plan(cfg, env, Clock(0.0, started)))
             return {"plan": asdict(cfg)}
         raw_model = init_model(cfg, ckpt, env)  # saved and evaluated unwrapped: canonical keys
         state = loop_state(ckpt, os.path.join(cfg.out_dir, LATEST))  # where the loop starts

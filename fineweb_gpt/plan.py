@@ -259,7 +259,8 @@ class Horizon:
         cfg, per_update = self.cfg, self.tokens_per_step
         if not cfg.time_budget:
             tokens = self.tokens_before(cfg.max_iters)
-            return (f"plan: {cfg.max_iters:,} steps x {per_update:,} tokens = {short_count(tokens)} tokens, "
+            up_to = "up to " if tokens < cfg.max_iters * per_update else ""  # a batch warmup's updates are smaller
+            return (f"plan: {cfg.max_iters:,} steps x {up_to}{per_update:,} tokens = {short_count(tokens)} tokens, "
                     f"{tokens / self.params:.2f} per parameter ({self.params / 1e6:.1f}M parameters)")
         budget = parse_duration(cfg.time_budget)
         now = datetime.datetime.now()

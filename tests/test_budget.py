@@ -128,3 +128,18 @@ def test_under_torchrun_every_process_stops_at_the_same_step(synthetic_shards, t
     run(torchrun(2, "--lr_schedule=wsd", "--min_lr=1e-4", "--eval_interval=25", f"--data_dir={synthetic_shards}",
                  f"--out_dir={tmp_path}", "--time_budget=8s", launcher=["--standalone"]))
     assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("batch", [["--gradient_accumulation_steps=4"], ["--batch_size=auto", "--total_batch_size=512"]],
+                         ids=["fixed", "auto"])
+def test_plan_only_counts_the_smaller_updates_of_a_batch_warmup(tmp_path, capsys, batch):
+    from fineweb_gpt.batch import BatchSchedule
+    from fineweb_gpt.runlog import short_count
+    run_train(tmp_path / "no data needed", tmp_path / "out", "--plan_only=True", "--batch_warmup_iters=1000",
+              "--max_iters=2000", *batch)
+    # 512 tokens per full update; fixed: 4 micro-batches of 4 x 32 tokens, starting from 1; auto: counted in
+    # micro-batches of one sequence, 16 per update, starting from 4
+    micro_steps, micro_tokens = (4, 128) if batch[0].startswith("--gradient") else (16, 32)
+    tokens = BatchSchedule(micro_steps, micro_tokens, 1000, 0.25).tokens_before(2000)
+    assert tokens < 2000 * 512
+    assert f"plan: 2,000 steps x up to 512 tokens = {short_count(tokens)} tokens" in capsys.readouterr().out
