@@ -59,8 +59,10 @@ class Run:
     val: tuple[list, list] = field(init=False)
 
     def __post_init__(self):
+        # a train loss sits after its update's tokens: logged with the row (a batch warmup's are fewer), else (older
+        # runs) a full update
         per_step = self.tokens_per_step or next((r["tokens"] // r["step"] for r in self.rows if r["step"]), 0)
-        self.train = ([r["tokens"] + per_step for r in self.rows if "loss" in r],  # after the step's batch
+        self.train = ([r["tokens"] + r.get("step_tokens", per_step) for r in self.rows if "loss" in r],
                       [r["loss"] for r in self.rows if "loss" in r])
         self.val = ([r["tokens"] for r in self.rows if "val_loss" in r],
                     [r["val_loss"] for r in self.rows if "val_loss" in r])

@@ -682,8 +682,8 @@ def train(cfg: TrainConfig) -> dict:
                 if step % cfg.log_interval == 0 or final_update:  # the last update too: curves end with the run
                     mfu = hardware.mfu(flops_per_token * step_tokens / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
-                    row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, tok_per_s=step_tokens / dt, mfu=mfu,
-                               elapsed=clock.elapsed(), peak_mem_gib=mem)
+                    row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, step_tokens=step_tokens,
+                               tok_per_s=step_tokens / dt, mfu=mfu, elapsed=clock.elapsed(), peak_mem_gib=mem)
                     env.print0(f"step {step}: loss {last_loss:.4f} | lr {lr:.3e} | grad norm {grad_norm:.3f} | "
                                f"{step_tokens / dt:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'} | "
                                f"{mem_kind} {f'{mem:.2f} GiB' if mem is not None else 'n/a'} | {dt * 1000:.0f} ms | "

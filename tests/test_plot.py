@@ -38,6 +38,17 @@ def test_png_is_written_at_its_size_with_the_runs_points(run_dir, tmp_path):
     assert run.label == "out-syn: 2L x 32, adamw/cosine, 128 tok/step"
 
 
+def test_a_batch_warmup_places_each_train_loss_after_its_own_updates_tokens(synthetic_shards, tmp_path):
+    run_train(synthetic_shards, tmp_path, "--max_iters=4", "--eval_interval=4", "--gradient_accumulation_steps=4",
+              "--batch_warmup_iters=4")  # updates of 1, 2, 3 then 4 micro-batches of 128 tokens
+    rows = metrics(tmp_path)
+    train_x = list(plot.load_run(str(tmp_path)).train[0])
+    assert train_x == [128, 384, 768, 1280]  # the tokens the next row starts from
+    assert train_x == [r["tokens"] for r in rows][1:]
+    old = [{k: v for k, v in r.items() if k != "step_tokens"} for r in rows]  # metrics from before step_tokens
+    assert list(plot.Run("old", "old", old, 512, None, False).train[0]) == [512, 640, 896, 1280]  # full updates
+
+
 def test_references_only_for_runs_on_their_tokenizer_and_data(run_dir, tmp_path):
     refs = plot.load_references(plot.PlotConfig().references)
     run = plot.load_run(run_dir)
