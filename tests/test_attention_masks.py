@@ -189,6 +189,18 @@ def test_ddp_with_documents_and_windows_matches_one_process(synthetic_shards, tm
         assert ddp[step] == pytest.approx(single[step], rel=1e-5)
 
 
+@pytest.mark.parametrize("window, windows_set", [(0, []), (8, [2, 5, 8])], ids=["documents only", "window schedule"])
+def test_training_sets_the_short_window_only_when_there_is_one(synthetic_shards, tmp_path, monkeypatch, window,
+                                                               windows_set):
+    from model import GPT
+    calls = []
+    monkeypatch.setattr(GPT, "set_attn_window", lambda self, w: calls.append(w))
+    schedule = ["--window_warmup_iters=2", "--window_start=2"] if window else []
+    run_train(synthetic_shards, tmp_path, "--max_iters=2", "--doc_causal=True", f"--eot_token={EOT}",
+              f"--attn_window={window}", *schedule)
+    assert calls == windows_set  # steps 0, 1 and the final eval at step 2
+
+
 def test_window_warmup_needs_a_start_within_the_window(synthetic_shards, tmp_path):
     from configurator import ConfigError
     with pytest.raises(ConfigError, match="window_warmup_iters=10 grows the short attention window"):
