@@ -621,8 +621,9 @@ def train(cfg: TrainConfig) -> dict:
                 state.step, state.elapsed = step, clock.elapsed()
                 lr, last_step, final_update = horizon.at(step, step_times, eval_s)  # max_iters or the clock decides
                 if cfg.attn_window:  # without a short window the masks keep the full context
-                    raw_model.set_attn_window(schedule.attn_window(step, cfg.attn_window, cfg.window_start,  # from the
-                                                                   cfg.window_warmup_iters))  # step: a resume continues it
+                    state.attn_window = schedule.attn_window(step, cfg.attn_window, cfg.window_start,  # from the step:
+                                                             cfg.window_warmup_iters)  # a resume continues it
+                    raw_model.set_attn_window(state.attn_window)  # saved too: sample/eval/export run with it
                 row = {"step": step, "tokens": state.tokens}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)

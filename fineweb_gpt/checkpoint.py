@@ -34,6 +34,8 @@ class LoopState:
     auto_batch_size: int | None = None  # the micro-batch batch_size=auto chose, so a resume does not probe again
     budget: dict | None = None          # a time budget's schedule (plan.BudgetState), so the cooldown continues
     tokens: int | None = None           # tokens trained on (None: saved before this count, when every update was full)
+    attn_window: int | None = None      # the short attention window of the step (a window schedule's current value),
+                                        # which sample/eval/export run with; None: no window, or saved before this
 
 
 # What a resume reads besides the model; each is written by training_checkpoint.
@@ -188,6 +190,9 @@ def build_model(ckpt: dict, path: str, **overrides) -> GPT:
 
 
 def load_model(path: str) -> tuple[GPT, dict]:
-    """(GPT in eval mode on CPU, checkpoint dict) from a checkpoint file, with clear errors."""
+    """(GPT in eval mode on CPU, checkpoint dict) from a checkpoint file, with clear errors. A checkpoint saved
+    during a window warmup gets the short window of its step as attn_window: the model computes what its logged
+    val loss measured (the window is a buffer derived from the step, not a weight)."""
     ckpt = load_checkpoint(path)
-    return build_model(ckpt, path).eval(), ckpt
+    window = ckpt.get("loop", {}).get("attn_window")
+    return build_model(ckpt, path, **({"attn_window": window} if window else {})).eval(), ckpt

@@ -201,6 +201,26 @@ def test_training_sets_the_short_window_only_when_there_is_one(synthetic_shards,
     assert calls == windows_set  # steps 0, 1 and the final eval at step 2
 
 
+def test_a_checkpoint_inside_the_window_warmup_loads_with_the_window_its_val_loss_was_measured_with(
+        synthetic_shards, tmp_path, capsys):
+    import contextlib
+
+    import train
+    from conftest import metrics
+    from fineweb_gpt.dataloader import ValSet
+    from fineweb_gpt.distributed import Env
+    from fineweb_gpt.inference import load_for_inference
+    run_train(synthetic_shards, tmp_path, "--max_iters=2", "--eval_interval=2", "--attn_window=8",
+              "--window_warmup_iters=4", "--window_start=2", "--pos_emb=rope")  # step 2: window 2 + 6 * 2/4 = 5
+    logged = [r["val_loss"] for r in metrics(tmp_path) if r["step"] == 2 and "val_loss" in r]
+    loaded = load_for_inference(str(tmp_path))
+    assert loaded.model.config.attn_window == 5
+    assert "the short window is 5 tokens (attn_window=8 once the warmup ends)" in capsys.readouterr().out
+    val_set = ValSet(synthetic_shards, 4, 32, 2, "cpu")  # TINY's val batches
+    assert train.evaluate(loaded.model, val_set, contextlib.nullcontext(), Env("cpu")) == pytest.approx(logged[0],
+                                                                                                         abs=1e-6)
+
+
 def test_window_warmup_needs_a_start_within_the_window(synthetic_shards, tmp_path):
     from configurator import ConfigError
     with pytest.raises(ConfigError, match="window_warmup_iters=10 grows the short attention window"):
