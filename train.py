@@ -566,6 +566,21 @@ def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) ->
         f"use dtype=bfloat16, then rerun (or --init_from=resume from the last checkpoint)")
 
 
+def apply_schedules(step: int, cfg: TrainConfig, model: GPT, optimizer, batches: BatchSchedule,
+                    state: LoopState) -> tuple[int, int]:
+    """Set what follows a schedule at `step` besides the learning rate (which the horizon gives): the short
+    attention window and Muon's momentum. Returns (micro-steps per process, tokens) of update `step` (a batch
+    warmup's are fewer). Each is a function of the step, so a resume continues it."""
+    if cfg.attn_window:  # without a short window the masks keep the full context
+        state.attn_window = schedule.attn_window(step, cfg.attn_window, cfg.window_start, cfg.window_warmup_iters)
+        model.set_attn_window(state.attn_window)  # saved too: sample/eval/export run with it
+    momentum = schedule.get_muon_momentum(step, cfg)
+    for group in optimizer.param_groups:
+        if "momentum" in group:  # Muon's groups (AdamW's have betas)
+            group["momentum"] = momentum
+    return batches.accum_at(step), batches.tokens_at(step)
+
+
 # ------------------------------------------------------------------ the run
 
 def train(cfg: TrainConfig) -> dict:
@@ -620,10 +635,7 @@ def train(cfg: TrainConfig) -> dict:
             for step in itertools.count(start_step):
                 state.step, state.elapsed = step, clock.elapsed()
                 lr, last_step, final_update = horizon.at(step, step_times, eval_s)  # max_iters or the clock decides
-                if cfg.attn_window:  # without a short window the masks keep the full context
-                    state.attn_window = schedule.attn_window(step, cfg.attn_window, cfg.window_start,  # from the step:
-                                                             cfg.window_warmup_iters)  # a resume continues it
-                    raw_model.set_attn_window(state.attn_window)  # saved too: sample/eval/export run with it
+                accum_steps, step_tokens = apply_schedules(step, cfg, raw_model, optimizer, batches, state)
                 row = {"step": step, "tokens": state.tokens}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)
@@ -653,13 +665,9 @@ def train(cfg: TrainConfig) -> dict:
 
                 # ---- one optimizer update: accum_steps micro-batches, then clip, step
                 t_step = time.time()
-                momentum = schedule.get_muon_momentum(step, cfg)
                 for group, peak in zip(optimizer.param_groups, peak_lrs):
                     group["lr"] = peak * lr / cfg.learning_rate  # every group follows the main group's schedule
-                    if "momentum" in group:  # Muon's groups (AdamW's have betas)
-                        group["momentum"] = momentum
                 loss_sum = torch.zeros((), device=env.device)
-                accum_steps, step_tokens = batches.accum_at(step), batches.tokens_at(step)
                 for micro in range(accum_steps):
                     sync = not env.ddp or micro == accum_steps - 1  # all-reduce gradients on the last micro-step only
                     with (nullcontext() if sync else model.no_sync()), amp:
