@@ -77,7 +77,11 @@ def test_a_run_in_progress_and_several_runs(run_dir, tmp_path):
     assert drawn["live/train"].get_color() != drawn["out-syn/train"].get_color()
     log_fig, _ = plot.make_figure([plot.load_run(run_dir)], [], log_tokens=True)
     assert 0 not in lines(log_fig)["out-syn/val"].get_xdata()  # step 0 has no place on a log axis
-    (live / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # only step 0 (0 tokens) logged so far
+    (live / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # only step 0 logged so far: its update's
+    log_fig, _ = plot.make_figure([plot.load_run(str(live))], [], log_tokens=True)  # tokens place its loss
+    assert list(lines(log_fig)["live/train"].get_xdata()) == [128]
+    old_row = {k: v for k, v in rows[0].items() if k != "step_tokens"}  # metrics from before step_tokens, no config
+    (live / "metrics.jsonl").write_text(json.dumps(old_row) + "\n")
     with pytest.raises(plot.PlotError, match="nothing past step 0"):
         plot.make_figure([plot.load_run(str(live))], [], log_tokens=True)
 
