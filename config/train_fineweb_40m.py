@@ -3,11 +3,13 @@
 # after 6,000 steps at 524k tokens/step; this project has not reproduced that number yet, nor measured
 # this recipe at this shape on a GPU (docs/benchmarks.md). That GPT-2-recipe run is config/train_gpt2.py
 # with --n_head=6 --n_embd=384 --learning_rate=1.5e-3 --min_lr=1.5e-4 --warmup_iters=300 --max_iters=6000.
-#   model: 12 layers, 6 heads (head size 64), n_embd 384, context 1024: 59.9M parameters
-#          (19.3M token embedding + 19.3M output head + 21.2M in the blocks)
+#   model: 12 layers, 6 heads (head size 64), n_embd 384, context 1024: 117.8M parameters
+#          (19.3M token embedding + 19.3M output head + 58.0M in 3 value-embedding tables + 21.2M in the
+#          blocks; the tables add parameters, not compute)
 #   batch: 524,288 tokens per update = micro-batch x 1024 tokens x micro-steps (batch_size="auto")
-#   memory: an estimate, not yet measured on a GPU: ~0.8 GB weights, gradients and optimizer state,
-#          ~1.3 GB activations, ~0.6 GB for the loss at batch_size=8: about 3 GB; fits a 12 GB card.
+#   memory: an estimate, not yet measured on a GPU: ~0.8 GB weights, gradients and optimizer state
+#          + 0.93 GB for the value-embedding tables with AdamW,
+#          ~1.3 GB activations, ~0.6 GB for the loss at batch_size=8: about 3.6 GB; fits a 12 GB card.
 #   tokens: 6,000 updates = 3.1B tokens.
 out_dir = "out-fineweb-40m"
 dataset = "fineweb"
@@ -32,6 +34,7 @@ tie_embeddings = False
 logit_softcap = 0.0
 zero_init_proj = True
 bias = False
+value_embeds = 3         # value-embedding tables for the first and last 3 layers (modded-nanogpt's count at 12 layers)
 
 optimizer = "muon"
 learning_rate = 0.02     # Muon; the AdamW rates below are stated at n_embd=768 and scaled to 384 by sqrt(2)
@@ -41,6 +44,8 @@ scalar_lr = 0.02
 weight_decay = 0.0
 beta1 = 0.8
 beta2 = 0.95
+muon_ns = "polar_express"   # Polar Express's Newton-Schulz coefficients (Amsel et al. 2025)
+muon_normuon = True        # NorMuon's per-neuron normalisation (Li et al. 2025)
 lr_schedule = "wsd"
 cooldown_frac = 0.4
 warmup_iters = 100

@@ -1,8 +1,9 @@
-# A tiny GPT with the modern recipe of config/train_fineweb.py that trains on CPU in minutes (2 min 31 s on
-# 2 cores with bf16 instructions, 6 min on 2 AVX2 cores: docs/benchmarks.md):
+# A tiny GPT with the modern recipe of config/train_fineweb.py (the same options) that trains on CPU in
+# minutes (docs/benchmarks.md):
 # a smoke test of the whole pipeline, and the config the README's offline quickstart uses.
 # config/train_tiny_gpt2.py is the same shape with GPT-2's recipe. 4 layers, 4 heads, n_embd 128,
-# context 128: 13.7M parameters (6.4M token embedding + 6.4M output head + 0.85M in the blocks),
+# context 128: 26.6M parameters (6.4M token embedding + 6.4M output head + 12.9M in 2 value-embedding
+# tables + 0.85M in the blocks),
 # 1,024 tokens per step (8 sequences x 128 tokens).
 out_dir = "out-tiny"
 dataset = "fineweb"
@@ -25,6 +26,7 @@ mlp = "swiglu"
 tie_embeddings = False
 zero_init_proj = True
 bias = False
+value_embeds = 2         # value-embedding tables: layers 0, 1 and 2, 3 share them (as measured in docs/benchmarks.md)
 
 optimizer = "muon"
 learning_rate = 0.02     # Muon; the AdamW rates are stated at n_embd=768 and scaled by sqrt(768/128)
@@ -34,6 +36,8 @@ scalar_lr = 0.02
 weight_decay = 0.0
 beta1 = 0.8
 beta2 = 0.95
+muon_ns = "polar_express"   # Polar Express's Newton-Schulz coefficients (Amsel et al. 2025)
+muon_normuon = True        # NorMuon's per-neuron normalisation (Li et al. 2025)
 lr_schedule = "wsd"
 cooldown_frac = 0.4
 warmup_iters = 20

@@ -194,6 +194,10 @@ def dial(cfg, depth: int, world_size: int, model_config: Callable) -> tuple[Any,
     explicit = explicit_keys(cfg)
     shape = {k: v for k, v in shape_for_depth(depth).items() if k not in explicit}
     out = replace(cfg, depth=depth, **shape)
+    # each value-embedding table feeds one of the first and one of the last layers: the dial's depth caps them
+    if "n_layer" in shape and 2 * out.value_embeds > out.n_layer:
+        shape["value_embeds"] = out.n_layer // 2
+        out = replace(out, value_embeds=shape["value_embeds"])
     params = count_params(model_config(out))["total"]
     tokens = horizon_tokens(params, cfg.tokens_per_param)
     notes = [", ".join(f"{k}={v}" for k, v in shape.items()) or "shape set explicitly",

@@ -39,6 +39,13 @@ def test_the_dial_sets_shape_horizon_batch_and_rates():
     assert any("max_iters" in n for n in notes)
 
 
+def test_the_dial_keeps_value_embedding_tables_within_its_depth():
+    cfg, notes = plan.dial(config("--depth=4", "--value_embeds=3"), 4, 1, train.model_config)
+    assert (cfg.n_layer, cfg.value_embeds) == (4, 2) and "value_embeds=2" in notes[0]  # 3 tables need 6 layers
+    cfg, _ = plan.dial(config("--depth=8", "--value_embeds=3"), 8, 1, train.model_config)
+    assert cfg.value_embeds == 3
+
+
 def test_explicit_keys_win_over_the_dial():
     given = config("--depth=6", "--n_embd=768", "--n_head=12", "--max_iters=50", "--learning_rate=1e-3",
                    "--total_batch_size=8192", "--block_size=256", "--batch_size=8")

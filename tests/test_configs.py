@@ -36,7 +36,8 @@ def test_config_loads_and_its_comment_states_the_real_size(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_every_config_trains_on_cpu_with_only_shape_and_batch_overrides(path, synthetic_shards, tmp_path):
     # learning rates that depend on the shape are derived from it, so a shrunken config still trains
-    overrides = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
+    # (2 layers hold at most one value-embedding table: it feeds layers 0 and 1)
+    overrides = ["--device=cpu", "--compile=False", "--n_layer=2", "--value_embeds=1", "--n_head=2", "--n_embd=32", "--block_size=32",
                  "--batch_size=2", "--gradient_accumulation_steps=0", "--total_batch_size=128", "--max_iters=6",
                  "--eval_iters=2", f"--data_dir={synthetic_shards}", f"--out_dir={tmp_path}"]
     summary = train.train(parse_config(train.TrainConfig, [path, *overrides]))
