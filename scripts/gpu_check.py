@@ -114,7 +114,7 @@ def sample_and_export(c: GPUCheckConfig, row: dict) -> None:
     hf_dir = os.path.join(c.work_dir, f"hf-{row['config']}")
     export.main([f"--out_dir={row['out_dir']}", f"--hf_dir={hf_dir}", "--overwrite=True", "--tokenizer_files=False"])
     from transformers import AutoModelForCausalLM
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, trust_remote_code=True).eval()  # our own code for the modern configs
     ours, _ = load_model(os.path.join(row["out_dir"], "ckpt.pt"))
     length = min(64, ours.config.block_size)
     idx = torch.randint(0, 50257, (2, length), generator=torch.Generator().manual_seed(0))

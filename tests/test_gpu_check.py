@@ -31,11 +31,11 @@ def test_the_pipeline_runs_on_cpu_and_prints_the_table(parquet_files, tiktoken_c
     code = gpu_check.run(gpu_check.GPUCheckConfig(
         input=inputs, max_docs=400, work_dir=str(tmp_path), configs="config/train_fineweb.py", max_iters=6,
         total_batch_size=256, device="cpu", compile=False,
-        train_args="--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --val_batch_size=4 --warmup_iters=1"))
+        train_args="--n_layer=2 --value_embeds=1 --n_head=2 --n_embd=32 --block_size=32 --val_batch_size=4 --warmup_iters=1"))
     assert code == 0
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith("| cpu | train_fineweb |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "8" and cells[-1] == "Qwen3ForCausalLM"  # auto micro-batch on CPU; the export loaded
+    assert cells[2] == "8" and cells[-1] == "FinewebGPTForCausalLM"  # auto micro-batch on CPU; the export loaded
     assert float(cells[9]) < float(cells[8])  # the loss fell
     assert open(os.path.join(tmp_path, "gpu_check.md")).read().strip() in printed
