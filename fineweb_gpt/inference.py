@@ -29,7 +29,8 @@ def load_for_inference(out_dir: str, ckpt: str = "latest", init_from: str = "res
         raise CheckpointError(f"{path} records no tokenizer and its model has {model.config.vocab_size} embeddings, "
                               f"fewer than GPT-2's {tokenizer.GPT2['vocab_size']} tokens (a character-level model from "
                               f"another trainer?); a checkpoint is decoded with the tokenizer it records, else GPT-2's")
-    step, full_window = saved.get("loop", {}).get("step"), saved["model_args"].get("attn_window")
+    step = saved.get("loop", {}).get("step")
+    full_window = saved["model_args"].get("attn_window", 0)  # 0: a checkpoint from before windows existed
     if model.config.attn_window != full_window:
         print(f"attention: step {step} of the window warmup: the short window is {model.config.attn_window} tokens "
               f"(attn_window={full_window} once the warmup ends), as when this checkpoint's val loss was measured")
