@@ -271,24 +271,25 @@ def time_only(b: RecipeBenchConfig) -> dict[str, float]:
 
 
 PEAK_RSS_CHILD = """
-import importlib.util, json, resource, sys
+import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("bench_recipe", sys.argv[1])
 bench = sys.modules["bench_recipe"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 bench.time_steps(bench.RecipeBenchConfig(**json.loads(sys.argv[2])), {sys.argv[3]: {"lr": 0.01}})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
 
 
 def peak_rss_gib(b: RecipeBenchConfig, recipe: str) -> float:
     """Peak RSS (GiB) of a fresh process that builds the recipe's model and optimizer and takes three training
-    steps at the benchmark's shape (python and torch included): its own process, so no other recipe counts."""
+    steps at the benchmark's shape (python and torch included): its own process, so no other recipe counts. Its
+    VmHWM (Linux), not getrusage's ru_maxrss, which a child inherits from the parent that forked it."""
     settings = json.dumps({**asdict(b), "timing_steps": 1})  # time_steps' two warm-up steps and one timed
     out = subprocess.run([sys.executable, "-c", PEAK_RSS_CHILD, os.path.abspath(__file__), settings, recipe],
                          capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"measuring {recipe}'s peak memory failed:\n{out.stderr}")
-    return int(out.stdout.split()[-1]) / 2**20  # KiB on Linux
+    return int(out.stdout.split()[-1]) / 2**20  # KiB
 
 
 def compare(b: RecipeBenchConfig) -> dict:
