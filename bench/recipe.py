@@ -50,6 +50,7 @@ MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_em
               weight_decay=0.0, beta1=0.8, beta2=0.95)
 GPT2 = dict(optimizer="adamw", lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95)
 RECIPES = ("gpt2", "modern")  # "modern" is MODERN with the options of --base
+WHOLE_RUN = "max_iters"  # a schedule's length: the run's --max_iters, filled in by run_config
 # Options of the modern recipe: a variant is one of them or several joined by "+" (--variants=ve,unet,ve+unet),
 # trained on top of the base recipe. Settings are for the benchmark's shape (4 layers, 245 steps).
 OPTIONS = {
@@ -64,10 +65,10 @@ OPTIONS = {
     "normuon": dict(muon_normuon=True),
     "cautious_wd": dict(muon_cautious_wd=True, weight_decay=0.2),  # needs a decay; nanochat's Muon decay is 0.2
     # document-aligned rows, document-causal attention, sliding windows, batch-size warmup: for rows of 2,048
-    # tokens, 2 micro-steps of 1 row per step, 123 steps (the window grows over the whole run, as modded-nanogpt's)
+    # tokens (the window grows over the whole run, as modded-nanogpt's)
     "doc_align": dict(doc_align="bestfit"),
     "doc_causal": dict(doc_causal=True),
-    "window": dict(attn_window=512, window_pattern="SSSL", window_start=128, window_warmup_iters=123),
+    "window": dict(attn_window=512, window_pattern="SSSL", window_start=128, window_warmup_iters=WHOLE_RUN),
     "batch_warmup": dict(batch_warmup_iters=40, batch_start_frac=0.5),  # 1 micro-step, then 2 from step 20
 }
 
@@ -144,7 +145,7 @@ def split_val(data_dir: str, work_dir: str) -> dict[str, str]:
 
 
 def run_config(b: RecipeBenchConfig, recipe: str, lr: float, data_dir: str, out_dir: str) -> TrainConfig:
-    keys = recipe_keys(recipe, b.base)
+    keys = {k: b.max_iters if v == WHOLE_RUN else v for k, v in recipe_keys(recipe, b.base).items()}
     min_lr = 0.0 if keys["lr_schedule"] == "wsd" else lr / 10  # WSD cools down to zero
     return TrainConfig(out_dir=out_dir, data_dir=data_dir, n_layer=b.n_layer, n_head=b.n_head, n_embd=b.n_embd,
                        block_size=b.block_size, batch_size=b.batch_size, gradient_accumulation_steps=b.accumulation,

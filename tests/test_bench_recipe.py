@@ -29,6 +29,8 @@ def test_a_variant_is_the_base_recipe_with_its_options_on_top():
     assert keys == {**bench_recipe.MODERN, "mlp": "relu2", "logit_softcap": 15.0}
     assert bench_recipe.recipe_keys("modern", base="softcap")["logit_softcap"] == 15.0
     assert bench_recipe.recipe_keys("gpt2", base="softcap") == bench_recipe.GPT2
+    b = bench_recipe.RecipeBenchConfig(max_iters=77, block_size=1024)
+    assert bench_recipe.run_config(b, "window", 0.02, "", "").window_warmup_iters == 77  # grows over the whole run
 
 
 @pytest.mark.slow  # three tiny training runs and the timing rounds
