@@ -1,14 +1,11 @@
 """Document-causal and sliding-window attention: the mask against an explicit one built with loops, FlexAttention
-against the dense path, cached decoding against a full forward, the window schedule, compile, resume and DDP."""
-import os
-
-import numpy as np
+against the dense path, cached decoding against a full forward, the window schedule and compile (resume and DDP
+with every option on: tests/test_train.py)."""
 import pytest
 import torch
 
 import model as model_module
-from conftest import ROOT, TINY, losses, run_train, scrambled_model
-from fineweb_gpt.dataloader import open_shard
+from conftest import run_train, scrambled_model
 from fineweb_gpt.generation import generate
 from fineweb_gpt.schedule import attn_window
 from model import GPTConfig, KVCache, short_window_layers
@@ -153,40 +150,6 @@ def test_masked_training_compiles_to_one_graph_and_a_new_window_does_not_recompi
         model.set_attn_window(window)
         compiled(idx, idx)[1].backward()
     assert counter.frame_count == 1
-
-
-def frequent_token(data_dir: str) -> int:
-    """The most frequent token of the synthetic train shard: the documents' boundary in the tests below."""
-    tokens = np.asarray(open_shard(os.path.join(data_dir, "syn_train_000001.bin")))
-    return int(np.bincount(tokens).argmax())
-
-
-def masked_keys(data_dir: str) -> list[str]:
-    return ["--doc_causal=True", f"--eot_token={frequent_token(data_dir)}", "--attn_window=8", "--window_pattern=SL",
-            "--window_warmup_iters=6", "--window_start=2", "--pos_emb=rope"]
-
-
-@pytest.mark.slow  # three training runs
-def test_resume_with_documents_and_a_window_schedule_continues_exactly(synthetic_shards, tmp_path):
-    common = ["--eval_interval=4", "--lr_decay_iters=8", "--dropout=0.1", *masked_keys(synthetic_shards)]
-    run_train(synthetic_shards, tmp_path / "whole", "--max_iters=8", *common)
-    run_train(synthetic_shards, tmp_path / "split", "--max_iters=4", *common)
-    run_train(synthetic_shards, tmp_path / "split", "--max_iters=8", "--init_from=resume", *common)
-    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
-    assert sorted(losses(tmp_path / "whole")) == list(range(8))
-
-
-@pytest.mark.slow
-def test_ddp_with_documents_and_windows_matches_one_process(synthetic_shards, tmp_path):
-    from test_train import torchrun
-    args = ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2", *masked_keys(synthetic_shards)]
-    run_train(synthetic_shards, tmp_path / "single", *args)
-    r = torchrun(f"--data_dir={synthetic_shards}", *args, f"--out_dir={tmp_path / 'ddp'}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
-    assert single.keys() == ddp.keys() and len(single) == 4
-    for step in single:
-        assert ddp[step] == pytest.approx(single[step], rel=1e-5)
 
 
 @pytest.mark.parametrize("window, windows_set", [(0, []), (8, [2, 5, 8])], ids=["documents only", "window schedule"])

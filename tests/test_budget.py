@@ -97,18 +97,7 @@ def last_update(out) -> dict:
 
 
 @pytest.mark.slow
-def test_a_budgeted_run_ends_on_time_with_its_cooldown_done(synthetic_shards, tmp_path):
-    start = time.time()
-    run_train(synthetic_shards, tmp_path, "--lr_schedule=wsd", "--min_lr=1e-4", "--cooldown_frac=0.3",
-              "--eval_interval=25", "--time_budget=15s")
-    took = time.time() - start
-    assert 13.5 <= took <= 16.5, took  # within 10% of the budget, set-up, evals and the last checkpoint included
-    assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)  # the schedule at its end value
-    assert max(r["lr"] for r in metrics(tmp_path) if "lr" in r) == pytest.approx(3e-3)  # the stable phase ran
-
-
-@pytest.mark.slow
-def test_a_budgeted_run_interrupted_and_resumed_still_ends_within_it(synthetic_shards, tmp_path):
+def test_a_budgeted_run_interrupted_and_resumed_uses_its_budget_and_ends_within_it(synthetic_shards, tmp_path):
     args = [sys.executable, os.path.join(ROOT, "train.py"), *BUDGETED, f"--data_dir={synthetic_shards}",
             f"--out_dir={tmp_path}", "--time_budget=12s"]
     start = time.time()
@@ -123,8 +112,11 @@ def test_a_budgeted_run_interrupted_and_resumed_still_ends_within_it(synthetic_s
     rows = metrics(tmp_path)
     elapsed = [r["elapsed"] for r in rows if "elapsed" in r]
     assert elapsed == sorted(elapsed)  # the resumed run's clock continues from the first's, never restarts
-    assert rows[-1]["elapsed"] <= 12 * 1.1 and took <= 12 * 1.1 + 10  # +10 s: the second process's start-up
-    assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)
+    # the budget is used, within 10%, set-up, evals and the last checkpoint included; +10 s of wall clock: the
+    # second process's start-up
+    assert 12 * 0.9 <= rows[-1]["elapsed"] <= 12 * 1.1 and took <= 12 * 1.1 + 10
+    assert last_update(tmp_path)["lr"] == pytest.approx(1e-4)  # the schedule at its end value
+    assert max(r["lr"] for r in rows if "lr" in r) == pytest.approx(3e-3)  # the stable phase ran
 
 
 @pytest.mark.slow

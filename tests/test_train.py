@@ -54,8 +54,7 @@ MUON_VARIANTS = ["--muon_momentum_warmup=6", "--muon_ns=polar_express", "--muon_
                  "--muon_cautious_wd=True"]
 
 
-@pytest.mark.parametrize("recipe", [[], MODERN, pytest.param(RECORD + MUON_VARIANTS, marks=pytest.mark.slow)],
-                         ids=["adamw-cosine", "muon-wsd", "record-muon-variants"])
+@pytest.mark.parametrize("recipe", [[], MODERN], ids=["adamw-cosine", "muon-wsd"])
 def test_resume_continues_exactly(synthetic_shards, tmp_path, recipe):
     # dropout > 0 so the restored RNG state matters too
     common = ["--eval_interval=4", "--lr_decay_iters=8", "--dropout=0.1", *recipe]
@@ -182,20 +181,30 @@ def doc_shards(tmp_path):
     return make_doc_dir(tmp_path / "data", longest=60)
 
 
+# Every record-line option at once (on doc_shards): the model's, Muon's variants, rows opening at a document,
+# document-causal attention and a short/long window growing over the first 6 steps; the warmups cross the resume
+# tests' stop at step 4 and the DDP test's at step 2
+EVERY_OPTION = [*RECORD, *MUON_VARIANTS, "--doc_align=bestfit", "--doc_causal=True", "--attn_window=8",
+                "--window_pattern=SL", "--window_warmup_iters=6", "--window_start=2"]
+
+
 @pytest.mark.slow  # three training runs
-def test_doc_aligned_batch_schedule_resumes_exactly_and_counts_real_tokens(tmp_path):
+def test_resume_with_every_record_option_and_a_batch_schedule_continues_exactly_and_counts_real_tokens(tmp_path):
     data = doc_shards(tmp_path)
     common = ["--eval_interval=4", "--lr_decay_iters=8", "--batch_size=2", "--gradient_accumulation_steps=4",
-              "--batch_warmup_iters=4", "--batch_start_frac=0.25", "--doc_align=bestfit", "--dropout=0.1"]
+              "--batch_warmup_iters=4", "--batch_start_frac=0.25", "--dropout=0.1", *EVERY_OPTION]
     run_train(data, tmp_path / "whole", "--max_iters=8", *common)
     run_train(data, tmp_path / "split", "--max_iters=4", *common)
     run_train(data, tmp_path / "split", "--max_iters=8", "--init_from=resume", *common)
     assert losses(tmp_path / "split") == losses(tmp_path / "whole") and len(losses(tmp_path / "whole")) == 8
+    whole = torch.load(tmp_path / "whole" / "ckpt.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)
+    assert all(torch.equal(whole["model"][k], split["model"][k]) for k in whole["model"])
     micro = 2 * 32  # tokens of one micro-step: 1, 2, 3, then 4 micro-steps per update
     expected = [0, 1, 3, 6, 10, 14, 18, 22, 26]
     for run in ("whole", "split"):
         assert [r["tokens"] for r in metrics(tmp_path / run)] == [n * micro for n in expected]
-    assert torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["loop"]["tokens"] == 26 * micro
+    assert split["loop"]["tokens"] == 26 * micro and split["loop"]["attn_window"] == 8  # grown by step 6
 
 
 @pytest.mark.slow  # two training runs
@@ -337,18 +346,18 @@ def torchrun(*args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [MODERN, RECORD + MUON_VARIANTS], ids=["modern", "record-muon-variants"])
-def test_ddp_two_processes_match_one(synthetic_shards, tmp_path, recipe):
+def test_ddp_with_every_record_option_matches_one_process(tmp_path):
     # gradients are all-reduced before the step, so every rank's Muon update (and the AdamW groups' beside it)
-    # is the one process's update (NorMuon's statistics are kept on every rank); GPT-2's AdamW recipe under
-    # DDP: test_multinode.py's two nodes against one
-    args = ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2", *recipe]
-    run_train(synthetic_shards, tmp_path / "single", *args)
-    r = torchrun(f"--data_dir={synthetic_shards}", *args, f"--out_dir={tmp_path / 'ddp'}")
+    # is the one process's update (NorMuon's statistics are kept on every rank), and the ranks' document-aligned
+    # rows are the one process's micro-batches; GPT-2's AdamW recipe under DDP: test_multinode.py's two nodes
+    data = doc_shards(tmp_path)
+    args = ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2", *EVERY_OPTION]
+    run_train(data, tmp_path / "single", *args)
+    r = torchrun(f"--data_dir={data}", *args, f"--out_dir={tmp_path / 'ddp'}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes" in r.stdout and r.stdout.count(": val loss") == 3  # rank 0 prints, once per eval
     single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
-    assert single.keys() == ddp.keys()
+    assert single.keys() == ddp.keys() and len(single) == 4
     for step in single:
         assert ddp[step] == pytest.approx(single[step], rel=1e-5)
     vals = lambda out: [r["val_loss"] for r in metrics(out) if "val_loss" in r]  # noqa: E731
