@@ -380,8 +380,10 @@ def compiled_flex_attention():
 
 def flex_attention_error(device: str, dtype: torch.dtype, n_head: int, head_size: int) -> str | None:
     """Run a small compiled FlexAttention forward and backward on device with the kernel options the model
-    uses; None when it works, else what went wrong (a kernel that needs more shared memory than the GPU has,
-    a Triton that does not support it), so that the caller can switch the model to dense masks."""
+    uses; None when it works, else the failure's whole traceback (a kernel that needs more shared memory than
+    the GPU has, a Triton that does not support it, or a bug of ours), so that the caller can switch the model
+    to dense masks and still show what went wrong."""
+    import traceback
     from torch.nn.attention.flex_attention import create_block_mask
     try:
         q, k, v = (torch.randn(1, n_head, 256, head_size, device=device, dtype=dtype, requires_grad=True)
@@ -391,8 +393,8 @@ def flex_attention_error(device: str, dtype: torch.dtype, n_head: int, head_size
                                         kernel_options=flex_kernel_options(torch.device(device)))
         out.sum().backward()
         return None
-    except Exception as e:  # any failure to build or run the kernel means: use the dense path
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+    except Exception:  # any failure to build or run the kernel means: use the dense path
+        return traceback.format_exc()
 
 
 class AttentionMasks:

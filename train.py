@@ -379,8 +379,9 @@ def set_memory_options(model: GPT, cfg: TrainConfig, env: Env) -> None:
 
 @functools.cache
 def flex_attention_failure(device: str, dtype: str, n_head: int, head_size: int) -> str | None:
-    """Why FlexAttention does not run here (None: it does), probed once per process for each device, dtype and
-    head shape: every model built with them (depth=auto's trials, then the run) takes the same answer."""
+    """Why FlexAttention does not run here, as a traceback (None: it does), probed once per process for each
+    device, dtype and head shape: every model built with them (depth=auto's trials, then the run) takes the same
+    answer."""
     return flex_attention_error(device, getattr(torch, dtype), n_head, head_size)
 
 
@@ -393,8 +394,9 @@ def check_flex_attention(model: GPT, dtype: str, device: str, say: Callable[[str
     error = flex_attention_failure(device, dtype, model.config.n_head, model.config.head_size)
     if error:
         model.use_dense_attention()
-        say(f"attention: FlexAttention does not run on {hardware.device_name(device)} ({error}); using SDPA with "
-            f"dense masks instead (the same results, slower and with more memory)")
+        summary = error.strip().splitlines()[-1][:300]  # the exception's type and (last line of its) message
+        say(f"attention: FlexAttention does not run on {hardware.device_name(device)} ({summary}); using SDPA with "
+            f"dense masks instead (the same results, slower and with more memory). What failed:\n{error.rstrip()}")
 
 
 def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val_set: ValSet) -> None:

@@ -260,6 +260,18 @@ def test_a_failing_flex_attention_probe_runs_once_and_every_masked_model_uses_de
     assert len(flex_fails_on_a_pretend_gpu) == 1  # probed once per process
     assert [m.attn_masks.flex for m in models] == [False, False]
     assert len(said) == 2 and "FlexAttention does not run on a pretend GPU (RuntimeError: out of shared memory)" in said[0]
+    assert said[0].endswith("What failed:\nRuntimeError: out of shared memory")  # the probe's traceback, whole
+
+
+def test_the_flex_attention_probe_returns_the_failures_whole_traceback(monkeypatch):
+    import model as model_module
+
+    def broken_kernel():
+        raise ValueError("a bug in our FlexAttention call")
+    monkeypatch.setattr(model_module, "compiled_flex_attention", broken_kernel)
+    error = model_module.flex_attention_error("cpu", torch.float32, 2, 16)
+    assert error.startswith("Traceback") and "in broken_kernel" in error
+    assert error.strip().endswith("ValueError: a bug in our FlexAttention call")
 
 
 def test_depth_auto_and_bench_train_their_masked_models_with_dense_masks_where_flex_fails(
