@@ -11,7 +11,9 @@ measured with their steps interleaved so that all see the same machine load. --r
 finished with the same config, so a wider sweep trains only what is new.
 
 The val split is cut in two: learning rates are chosen on the first half ("select"), every reported
-loss is measured on the second ("report"), so the reported numbers were not tuned on.
+loss is measured on the second ("report"), so the reported numbers were not tuned on. The curves use
+eval_iters batches of the report half; the final losses of both halves, measured once on each run's last
+checkpoint, use final_eval_iters (set it to what a half holds for the least noisy choice).
 Results go to out_dir/results.json; each run's metrics.jsonl lies in out_dir/<recipe>-lr<lr>/
 (python plot.py draws them).
 """
@@ -50,7 +52,18 @@ MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_em
               weight_decay=0.0, beta1=0.8, beta2=0.95)
 GPT2 = dict(optimizer="adamw", lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95)
 RECIPES = ("gpt2", "modern")  # "modern" is MODERN with the options of --base
-WHOLE_RUN = "max_iters"  # a schedule's length: the run's --max_iters, filled in by run_config
+
+
+@dataclass(frozen=True)
+class RunShare:
+    """A schedule's length as a share of the run's --max_iters, filled in by run_config."""
+    share: float
+
+    def of(self, max_iters: int) -> int:
+        return max(1, round(self.share * max_iters))
+
+
+WHOLE_RUN = RunShare(1.0)
 # Options of the modern recipe: a variant is one of them or several joined by "+" (--variants=ve,unet,ve+unet),
 # trained on top of the base recipe. Settings are for the benchmark's shape (4 layers, 245 steps).
 OPTIONS = {
@@ -69,7 +82,8 @@ OPTIONS = {
     "doc_align": dict(doc_align="bestfit"),
     "doc_causal": dict(doc_causal=True),
     "window": dict(attn_window=512, window_pattern="SSSL", window_start=128, window_warmup_iters=WHOLE_RUN),
-    "batch_warmup": dict(batch_warmup_iters=40, batch_start_frac=0.5),  # 1 micro-step, then 2 from step 20
+    # at --accumulation=2: 1 micro-step per update over the first ninth of the run, then 2
+    "batch_warmup": dict(batch_warmup_iters=RunShare(1 / 3), batch_start_frac=0.25),
 }
 
 
@@ -107,6 +121,9 @@ class RecipeBenchConfig:
     warmup_iters: int = key(10, "warmup steps of every recipe", range="[0, inf)")
     eval_interval: int = key(10, "evaluate on the report half every this many steps", range="[1, inf)")
     eval_iters: int = key(4, "batches per evaluation, on each half", range="[1, inf)")
+    final_eval_iters: int = key(0, "batches of each half for the final select and report losses, measured once per "
+                                "run on the last checkpoint (0 = eval_iters); more batches, less noise in the choice "
+                                "and in the final column", range="[0, inf)")
     gpt2_lrs: str = key("5e-4,1e-3,2e-3,4e-3", "AdamW learning rates tried for the GPT-2 recipe")
     modern_lrs: str = key("0.02", "Muon learning rates tried for the modern recipe")
     base: str = key("", "options of the modern recipe that every variant builds on, joined by '+' ('' = none)")
@@ -145,7 +162,7 @@ def split_val(data_dir: str, work_dir: str) -> dict[str, str]:
 
 
 def run_config(b: RecipeBenchConfig, recipe: str, lr: float, data_dir: str, out_dir: str) -> TrainConfig:
-    keys = {k: b.max_iters if v == WHOLE_RUN else v for k, v in recipe_keys(recipe, b.base).items()}
+    keys = {k: v.of(b.max_iters) if isinstance(v, RunShare) else v for k, v in recipe_keys(recipe, b.base).items()}
     min_lr = 0.0 if keys["lr_schedule"] == "wsd" else lr / 10  # WSD cools down to zero
     return TrainConfig(out_dir=out_dir, data_dir=data_dir, n_layer=b.n_layer, n_head=b.n_head, n_embd=b.n_embd,
                        block_size=b.block_size, batch_size=b.batch_size, gradient_accumulation_steps=b.accumulation,
@@ -174,14 +191,16 @@ def train_run(b: RecipeBenchConfig, recipe: str, lr: float, data: dict[str, str]
         with open(os.path.join(b.out_dir, f"{recipe}-lr{lr:g}.log"), "w") as log, contextlib.redirect_stdout(log):
             train(cfg)
     model = load_for_inference(out_dir).model
-    select = ValSet(data["select"], b.batch_size, b.block_size, b.eval_iters)
     amp = hardware.autocast(b.device, hardware.pick_dtype(b.dtype, b.device)[0])
     rows = read_metrics(os.path.join(out_dir, METRICS))
     curve = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
-    result = {"recipe": recipe, "lr": lr, "select_loss": val_loss(model.to(b.device), select, amp),
+    final = {half: val_loss(model.to(b.device), ValSet(data[half], b.batch_size, b.block_size,
+                                                       b.final_eval_iters or b.eval_iters), amp)
+             for half in ("select", "report")}
+    result = {"recipe": recipe, "lr": lr, "select_loss": final["select"], "report_loss": final["report"],
               "final_loss": curve[-1][1], "curve": curve, "wall_s": time.time() - t}
-    print(f"{recipe:7s} lr {lr:<8g} select {result['select_loss']:.4f} | report {result['final_loss']:.4f} "
-          f"| {result['wall_s']:.0f} s", flush=True)
+    print(f"{recipe:7s} lr {lr:<8g} select {result['select_loss']:.4f} | report {result['report_loss']:.4f} "
+          f"(curve's end {result['final_loss']:.4f}) | {result['wall_s']:.0f} s", flush=True)
     return result
 
 
@@ -317,10 +336,12 @@ def compare(b: RecipeBenchConfig) -> dict:
     # every recipe is timed (the learning rate does not change the time), trained or not
     ms, opt_ms = time_steps(b, {recipe: chosen.get(recipe, {"lr": 0.01}) for recipe in timed_recipes(b)}) \
         if b.timing_steps else ({}, {})
-    print(f"\nchosen on the select half; losses on the report half; target = GPT-2 recipe's final val {target:.4f}")
-    print("| recipe | lr | val loss at end | tokens to reach target | vs GPT-2 | ms/step | vs GPT-2 | optimizer ms "
-          "| params | peak RSS GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    final_tokens = (b.final_eval_iters or b.eval_iters) * b.batch_size * b.block_size
+    print(f"\nchosen on the select half; losses on the report half; target = GPT-2 recipe's final val {target:.4f} "
+          f"(its curve's end); the halves at end: {final_tokens:,} tokens each")
+    print("| recipe | lr | report half at end | select half at end | tokens to reach target | vs GPT-2 | ms/step "
+          "| vs GPT-2 | optimizer ms | params | peak RSS GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for recipe, r in chosen.items():
         reach = tokens_to_reach(r["curve"], target)
         r["tokens_to_target"], r["ms_per_step"] = reach, ms.get(recipe)
@@ -329,10 +350,10 @@ def compare(b: RecipeBenchConfig) -> dict:
         reach_text = f"{reach:,.0f} | {reach / gpt2_tokens:.2f}x" if reach is not None else "not reached | -"
         time_text = f"{ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x | {opt_ms[recipe]:.0f}" if ms else "- | - | -"
         rss_text = f"{r['peak_rss_gib']:.2f}" if r["peak_rss_gib"] is not None else "-"
-        print(f"| {recipe} | {r['lr']:g} | {r['final_loss']:.4f} | {reach_text} | {time_text} | "
-              f"{r['params'] / 1e6:.2f}M | {rss_text} |", flush=True)
+        print(f"| {recipe} | {r['lr']:g} | {r['report_loss']:.4f} | {r['select_loss']:.4f} | {reach_text} | "
+              f"{time_text} | {r['params'] / 1e6:.2f}M | {rss_text} |", flush=True)
     for recipe in (r for r in ms if r not in chosen):
-        print(f"| {recipe} | not trained | - | - | - | {ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x | "
+        print(f"| {recipe} | not trained | - | - | - | - | {ms[recipe]:.0f} | {ms[recipe] / ms['gpt2']:.2f}x | "
               f"{opt_ms[recipe]:.0f} | - | - |")
     print("\nval loss (report half) at each evaluation (tokens: the GPT-2 run's):")
     steps = [t for t, _ in chosen["gpt2"]["curve"]]

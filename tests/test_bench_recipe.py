@@ -31,6 +31,7 @@ def test_a_variant_is_the_base_recipe_with_its_options_on_top():
     assert bench_recipe.recipe_keys("gpt2", base="softcap") == bench_recipe.GPT2
     b = bench_recipe.RecipeBenchConfig(max_iters=77, block_size=1024)
     assert bench_recipe.run_config(b, "window", 0.02, "", "").window_warmup_iters == 77  # grows over the whole run
+    assert bench_recipe.run_config(b, "batch_warmup", 0.02, "", "").batch_warmup_iters == 26  # a third of it
 
 
 @pytest.mark.slow  # three tiny training runs and the timing rounds
@@ -46,6 +47,7 @@ def test_chooses_on_select_reports_on_report_and_reuses_finished_runs(synthetic_
         rows = [json.loads(line) for line in open(tmp_path / f"{run['recipe']}-lr{run['lr']:g}" / "metrics.jsonl")]
         assert [tuple(p) for p in run["curve"]] == [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
         assert run["select_loss"] != run["final_loss"]  # two different halves of the val split
+        assert run["report_loss"] == pytest.approx(run["final_loss"], abs=1e-6)  # the curve's end, measured again
     assert results["target"] == min(gpt2, key=lambda r: r["select_loss"])["final_loss"]
     assert set(results["ms_per_step"]) == set(bench_recipe.RECIPES)  # untrained variants are timed too
     chosen = [r for r in results["runs"] if r["lr"] == results["chosen"][r["recipe"]]]
