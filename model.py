@@ -98,8 +98,8 @@ class GPTConfig:
     doc_causal: bool = key(False, "attention stays within a document: a token never attends across eot_token")
     eot_token: int = key(50256, "the token between documents (GPT-2's <|endoftext|>); doc_causal's boundary",
                          range="[0, inf)")
-    attn_window: int = key(0, "sliding-window length in tokens of the short-window layers (0 = full context)",
-                           range="[0, inf)")
+    attn_window: int = key(0, "sliding-window length in tokens of the short-window layers (0 = full context; so is "
+                           "a window as long as the context or longer)", range="[0, inf)")
     window_pattern: str = key("S", "which layers use attn_window, repeated over the layers: S = short (attn_window), "
                               "L = long (full context); the last layer is always long (as nanochat)")
 
@@ -121,9 +121,6 @@ class GPTConfig:
         if not self.window_pattern or set(self.window_pattern) - {"S", "L"}:
             problems.append(f"window_pattern must be a string of S (short window) and L (long: full context), "
                             f"got {self.window_pattern!r}")
-        if self.attn_window > self.block_size:
-            problems.append(f"attn_window={self.attn_window} exceeds block_size={self.block_size}: a window longer "
-                            f"than the context is the full context; use attn_window=0")
         if not problems and self.n_embd % self.n_head:
             problems.append(self._head_mismatch())
         elif not problems and self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:

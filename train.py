@@ -46,7 +46,7 @@ from fineweb_gpt.hf_interop import GPT2_MODELS, from_pretrained
 from fineweb_gpt.optimizer import OPTIMIZERS, OptimizerSettings, make_optimizer
 from fineweb_gpt.runlog import Clock, RunLog, duration, out_dir_failed, short_count
 from fineweb_gpt.stop_signal import StopFlag
-from model import GPT, GPTConfig, count_params, flex_attention_error, masked
+from model import GPT, GPTConfig, count_params, flex_attention_error, masked, short_window_layers
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 ModelKeys = keys_of(GPTConfig)  # n_layer, n_embd, ...: GPTConfig's fields, each declared once in model.py
@@ -364,7 +364,22 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
     env.print0(f"model: {report.count(counts['total'])} parameters = " + " + ".join(parts))
     env.print0(f"model: positions {c.pos_emb}, {c.norm}, qk_norm {c.qk_norm}, mlp {c.mlp}, tied head "
                f"{c.tie_embeddings}, logit softcap {c.logit_softcap or 'off'}, bias {c.bias}")
+    env.print0(f"model: attention {describe_attention(c, cfg)}")
     return model
+
+
+def describe_attention(c: GPTConfig, cfg: TrainConfig) -> str:
+    """Which tokens a query sees: its document or the whole row, and where the short window is, for the log."""
+    kind = f"document-causal (documents end at token {c.eot_token})" if c.doc_causal else "causal"
+    short = sum(short_window_layers(c))
+    if not short:
+        return f"{kind}, the whole context in every layer"
+    grows = (f", growing from {cfg.window_start} over {cfg.window_warmup_iters:,} steps"
+             if cfg.window_warmup_iters and cfg.window_start < c.attn_window else "")
+    covers = (f"; a window of {c.attn_window} covers the context of {c.block_size}: the whole context"
+              if c.attn_window >= c.block_size else "")
+    return (f"{kind}, a window of the last {c.attn_window} tokens in {short} of {c.n_layer} layers "
+            f"(pattern {c.window_pattern}){grows}, the others the whole context{covers}")
 
 
 def set_memory_options(model: GPT, cfg: TrainConfig, env: Env) -> None:

@@ -53,8 +53,14 @@ def test_window_pattern_repeats_and_the_last_layer_is_long():
     assert short_window_layers(GPTConfig(n_layer=3, window_pattern="SSL")) == [False] * 3  # no window: all long
     with pytest.raises(ValueError, match="window_pattern must be a string of S"):
         GPTConfig(window_pattern="SX")
-    with pytest.raises(ValueError, match="attn_window=2048 exceeds block_size=1024"):
-        GPTConfig(attn_window=2048)
+    # a window at least as long as the context sees what full attention sees: a config's window of half its
+    # context still builds when the context is shortened on the command line
+    wide = scrambled_model(pos_emb="rope", attn_window=4096, window_pattern="SL")
+    full = scrambled_model(pos_emb="rope")
+    full.load_state_dict(wide.state_dict())
+    idx = torch.randint(0, full.config.vocab_size, (2, full.config.block_size))
+    torch.testing.assert_close(wide(idx)[0], full(idx)[0])  # the last position's logits
+    torch.testing.assert_close(wide(idx, idx)[1], full(idx, idx)[1])  # every position, through the loss
 
 
 @pytest.mark.slow  # compiles nothing, but runs the model through FlexAttention's eager reference
