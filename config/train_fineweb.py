@@ -2,8 +2,9 @@
 # scaling to 8 GPUs unchanged. Rotary positions, RMSNorm, QK-norm, SwiGLU MLP, untied output head,
 # zero-initialised residual projections, no biases, value embeddings (modded-nanogpt); Muon with Polar
 # Express coefficients and NorMuon for the block matrices, AdamW for the rest; warmup, constant learning
-# rate, then a linear cooldown (WSD). The record line's options that won on CPU are on; those that did
-# not are off (docs/benchmarks.md, "The record line"). Value embeddings are not a transformers
+# rate, then a linear cooldown (WSD). Attention stays inside each document, with a sliding window in
+# three layers of four (FlexAttention on a GPU). The record line's options that won on CPU are on; those
+# that did not are off (docs/benchmarks.md, "The record line"). Value embeddings are not a transformers
 # architecture, so export.py writes the model with its own modeling code (trust_remote_code=True).
 #   model: 12 layers, 12 heads, n_embd 768, context 1024: 278.1M parameters
 #          (38.6M token embedding + 38.6M output head + 115.9M in 3 value-embedding tables + 85.0M in the
@@ -42,6 +43,10 @@ logit_softcap = 0.0      # off: its effect on the loss is not measured here (the
 zero_init_proj = True
 bias = False
 value_embeds = 3         # value-embedding tables for the first and last 3 layers (modded-nanogpt's count at 12 layers)
+doc_causal = True        # attention stays inside each document (end-of-text tokens separate them; modded-nanogpt)
+attn_window = 512        # the short-window layers see the last 512 tokens: half the context (nanochat's ratio)
+window_pattern = "SSSL"  # short, short, short, long, repeated over the layers; the last layer long (nanochat)
+window_start = 128       # the short window grows from 128 tokens to attn_window over window_warmup_iters
 
 optimizer = "muon"
 learning_rate = 0.02     # Muon, the block matrices (nanochat's; per-matrix shape scaling is Muon's own)
@@ -58,3 +63,5 @@ cooldown_frac = 0.4
 warmup_iters = 100
 max_iters = 5000
 min_lr = 0.0
+window_warmup_iters = max_iters  # the window grows over the whole run (a --max_iters on the command line does
+                                 # not move it: pass --window_warmup_iters too)

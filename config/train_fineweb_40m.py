@@ -35,6 +35,10 @@ logit_softcap = 0.0
 zero_init_proj = True
 bias = False
 value_embeds = 3         # value-embedding tables for the first and last 3 layers (modded-nanogpt's count at 12 layers)
+doc_causal = True        # attention stays inside each document (end-of-text tokens separate them; modded-nanogpt)
+attn_window = 512        # the short-window layers see the last 512 tokens: half the context (nanochat's ratio)
+window_pattern = "SSSL"  # short, short, short, long, repeated over the layers; the last layer long (nanochat)
+window_start = 128       # the short window grows from 128 tokens to attn_window over window_warmup_iters
 
 optimizer = "muon"
 learning_rate = 0.02     # Muon; the AdamW rates below are stated at n_embd=768 and scaled to 384 by sqrt(2)
@@ -51,3 +55,5 @@ cooldown_frac = 0.4
 warmup_iters = 100
 max_iters = 6000
 min_lr = 0.0
+window_warmup_iters = max_iters  # the window grows over the whole run (a --max_iters on the command line does
+                                 # not move it: pass --window_warmup_iters too)

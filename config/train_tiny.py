@@ -27,6 +27,10 @@ tie_embeddings = False
 zero_init_proj = True
 bias = False
 value_embeds = 2         # value-embedding tables: layers 0, 1 and 2, 3 share them (as measured in docs/benchmarks.md)
+doc_causal = True        # attention stays inside each document (end-of-text tokens separate them; modded-nanogpt)
+attn_window = 64         # the short-window layers see the last 64 tokens: half the context (nanochat's ratio)
+window_pattern = "SSSL"  # short, short, short, long, repeated over the layers; the last layer long (nanochat)
+window_start = 16        # the short window grows from 16 tokens to attn_window over window_warmup_iters
 
 optimizer = "muon"
 learning_rate = 0.02     # Muon; the AdamW rates are stated at n_embd=768 and scaled by sqrt(768/128)
@@ -43,6 +47,8 @@ cooldown_frac = 0.4
 warmup_iters = 20
 max_iters = 200
 min_lr = 0.0
+window_warmup_iters = max_iters  # the window grows over the whole run (a --max_iters on the command line does
+                                 # not move it: pass --window_warmup_iters too)
 
 device = "cpu"
 compile = False
