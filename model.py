@@ -375,11 +375,12 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def flex_attention_error(device: str, dtype: torch.dtype, n_head: int, head_size: int) -> str | None:
+def flex_attention_error(device: str, dtype: torch.dtype, n_head: int, head_size: int) -> tuple[str, str] | None:
     """Run a small compiled FlexAttention forward and backward on device with the kernel options the model
-    uses; None when it works, else the failure's whole traceback (a kernel that needs more shared memory than
-    the GPU has, a Triton that does not support it, or a bug of ours), so that the caller can switch the model
-    to dense masks and still show what went wrong."""
+    uses; None when it works, else (summary, traceback) of the failure (a kernel that needs more shared memory
+    than the GPU has, a Triton that does not support it, or a bug of ours), so that the caller can switch the
+    model to dense masks and still show what went wrong. The summary is the exception's type and the first line
+    of its message: compiler errors append advice lines after the message."""
     import traceback
     from torch.nn.attention.flex_attention import create_block_mask
     try:
@@ -390,8 +391,9 @@ def flex_attention_error(device: str, dtype: torch.dtype, n_head: int, head_size
                                         kernel_options=flex_kernel_options(torch.device(device)))
         out.sum().backward()
         return None
-    except Exception:  # any failure to build or run the kernel means: use the dense path
-        return traceback.format_exc()
+    except Exception as e:  # any failure to build or run the kernel means: use the dense path
+        summary = "".join(traceback.format_exception_only(e)).strip().splitlines()[0]
+        return summary, traceback.format_exc()
 
 
 class AttentionMasks:

@@ -370,13 +370,14 @@ def init_model(cfg: TrainConfig, ckpt: dict | None, env: Env) -> GPT:
 
 def describe_attention(c: GPTConfig, cfg: TrainConfig) -> str:
     """Which tokens a query sees: its document or the whole row, and where the short window is, for the log."""
-    kind = f"document-causal (documents end at token {c.eot_token})" if c.doc_causal else "causal"
+    kind = f"document-causal (documents separated by token {c.eot_token})" if c.doc_causal else "causal"
     short = sum(short_window_layers(c))
     if not short:
         return f"{kind}, the whole context in every layer"
-    grows = (f", growing from {cfg.window_start} over {cfg.window_warmup_iters:,} steps"
-             if cfg.window_warmup_iters and cfg.window_start < c.attn_window else "")
-    covers = (f"; a window of {c.attn_window} covers the context of {c.block_size}: the whole context"
+    start = min(cfg.window_start, c.attn_window)  # as apply_schedules grows it
+    grows = (f", growing from {start} over {cfg.window_warmup_iters:,} steps"
+             if cfg.window_warmup_iters and start < c.attn_window else "")
+    covers = (f"; once it reaches {c.block_size} tokens the window is the whole context"
               if c.attn_window >= c.block_size else "")
     return (f"{kind}, a window of the last {c.attn_window} tokens in {short} of {c.n_layer} layers "
             f"(pattern {c.window_pattern}){grows}, the others the whole context{covers}")
@@ -392,9 +393,12 @@ def set_memory_options(model: GPT, cfg: TrainConfig, env: Env) -> None:
                f"{'on' if cfg.activation_checkpointing else 'off'}")
 
 
+_shown_flex_failures: set[str] = set()
+
+
 @functools.cache
-def flex_attention_failure(device: str, dtype: str, n_head: int, head_size: int) -> str | None:
-    """Why FlexAttention does not run here, as a traceback (None: it does), probed once per process for each
+def flex_attention_failure(device: str, dtype: str, n_head: int, head_size: int) -> tuple[str, str] | None:
+    """Why FlexAttention does not run here, as (summary, traceback) (None: it does), probed once per process for each
     device, dtype and head shape: every model built with them (depth=auto's trials, then the run) takes the same
     answer."""
     return flex_attention_error(device, getattr(torch, dtype), n_head, head_size)
@@ -406,12 +410,15 @@ def check_flex_attention(model: GPT, dtype: str, device: str, say: Callable[[str
     trains a masked model (train.py, bench.py, bench/) calls this before its first forward."""
     if not device.startswith("cuda") or not masked(model.config):
         return
-    error = flex_attention_failure(device, dtype, model.config.n_head, model.config.head_size)
-    if error:
+    failure = flex_attention_failure(device, dtype, model.config.n_head, model.config.head_size)
+    if failure:
         model.use_dense_attention()
-        summary = error.strip().splitlines()[-1][:300]  # the exception's type and (last line of its) message
-        say(f"attention: FlexAttention does not run on {hardware.device_name(device)} ({summary}); using SDPA with "
-            f"dense masks instead (the same results, slower and with more memory). What failed:\n{error.rstrip()}")
+        summary, error = failure[0][:300], failure[1]
+        line = (f"attention: FlexAttention does not run on {hardware.device_name(device)} ({summary}); using SDPA "
+                f"with dense masks instead (the same results, slower and with more memory)")
+        shown = error in _shown_flex_failures  # a process that trains many models (bench/) shows it once
+        _shown_flex_failures.add(error)
+        say(line if shown else f"{line}. What failed:\n{error.rstrip()}")
 
 
 def check_data_fits(model: GPT, tok_record: dict, train_loader: TrainLoader, val_set: ValSet) -> None:
@@ -588,8 +595,9 @@ def apply_schedules(step: int, cfg: TrainConfig, model: GPT, optimizer, batches:
     """Set what follows a schedule at `step` besides the learning rate (which the horizon gives): the short
     attention window and Muon's momentum. Returns (micro-steps per process, tokens) of update `step` (a batch
     warmup's are fewer). Each is a function of the step, so a resume continues it."""
-    if cfg.attn_window:  # without a short window the masks keep the full context
-        state.attn_window = schedule.attn_window(step, cfg.attn_window, cfg.window_start, cfg.window_warmup_iters)
+    window = model.config.attn_window  # the model's, not the config's: a resumed model is the checkpoint's
+    if window:  # without a short window the masks keep the full context
+        state.attn_window = schedule.attn_window(step, window, min(cfg.window_start, window), cfg.window_warmup_iters)
         model.set_attn_window(state.attn_window)  # saved too: sample/eval/export run with it
     momentum = schedule.get_muon_momentum(step, cfg)
     for group in optimizer.param_groups:

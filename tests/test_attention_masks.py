@@ -92,15 +92,16 @@ def test_the_model_never_attends_across_a_document_or_beyond_its_window():
 
 
 @pytest.mark.parametrize("options", [MASKED, {**MASKED, "pos_emb": "learned", "window_pattern": "S"},
-                                     dict(attn_window=4, n_layer=2), dict(doc_causal=True, eot_token=EOT)],
-                         ids=["docs+windows", "learned", "windows", "docs"])
+                                     dict(attn_window=4, n_layer=2), dict(doc_causal=True, eot_token=EOT),
+                                     {**MASKED, "attn_window": 100}],
+                         ids=["docs+windows", "learned", "windows", "docs", "a window wider than the context"])
 def test_cached_decoding_equals_a_full_forward(options):
     model = scrambled_model(**options)
     idx = rows_with_documents(T=26) % 256  # prompt of 9 tokens, longer than the window of 5
     full, _ = model(idx)
     cache = KVCache(model.config, 2, 26, "cpu", torch.float32)
     windowed = [layer.k.size(2) for layer, short in zip(cache.layers, short_window_layers(model.config)) if short]
-    assert windowed and all(size == model.config.attn_window for size in windowed) or not model.config.attn_window
+    assert windowed and all(size == min(26, model.config.attn_window) for size in windowed) or not model.config.attn_window
     pieces = [model(idx[:, :9], cache=cache)[0], model(idx[:, 9:13], cache=cache)[0]]  # prefill, then a chunk
     pieces += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(13, 26)]  # then one token at a time
     torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-5, atol=1e-5)
@@ -188,6 +189,19 @@ def test_a_checkpoint_inside_the_window_warmup_loads_with_the_window_its_val_los
     val_set = ValSet(synthetic_shards, 4, 32, 2, "cpu")  # TINY's val batches
     assert train.evaluate(loaded.model, val_set, contextlib.nullcontext(), Env("cpu")) == pytest.approx(logged[0],
                                                                                                          abs=1e-6)
+
+
+def test_a_resume_keeps_the_checkpoints_windows_whatever_the_config_says(synthetic_shards, tmp_path):
+    """The model of a resumed run is the checkpoint's: a window the old run lacked is neither trained nor saved."""
+    from fineweb_gpt.inference import load_for_inference
+    run_train(synthetic_shards, tmp_path, "--max_iters=2", "--pos_emb=rope")
+    run_train(synthetic_shards, tmp_path, "--max_iters=4", "--pos_emb=rope", "--init_from=resume",
+              "--attn_window=8", "--window_warmup_iters=4", "--window_start=2")
+    assert load_for_inference(str(tmp_path)).model.config.attn_window == 0  # still the full context
+    run_train(synthetic_shards, tmp_path / "windowed", "--max_iters=2", "--pos_emb=rope", "--attn_window=8")
+    run_train(synthetic_shards, tmp_path / "windowed", "--max_iters=4", "--pos_emb=rope", "--init_from=resume",
+              "--attn_window=16", "--window_warmup_iters=8", "--window_start=12")  # a start above the model's 8
+    assert load_for_inference(str(tmp_path / "windowed")).model.config.attn_window == 8  # step 4 of 8: 8, not 14
 
 
 def test_window_warmup_needs_a_start_within_the_window(synthetic_shards, tmp_path):

@@ -183,7 +183,7 @@ def doc_shards(tmp_path):
 
 # Every record-line option at once (on doc_shards): the model's, Muon's variants, rows opening at a document,
 # document-causal attention and a short/long window growing over the first 6 steps; the warmups cross the resume
-# tests' stop at step 4 and the DDP test's at step 2
+# test's stop at step 4 and last through the DDP test's 4 steps
 EVERY_OPTION = [*RECORD, *MUON_VARIANTS, "--doc_align=bestfit", "--doc_causal=True", "--attn_window=8",
                 "--window_pattern=SL", "--window_warmup_iters=6", "--window_start=2"]
 
@@ -236,13 +236,14 @@ def flex_fails_on_a_pretend_gpu(monkeypatch):
 
     def failing_probe(*args):
         probes.append(args)
-        return "RuntimeError: out of shared memory"
+        return "RuntimeError: out of shared memory", "Traceback (most recent call last):\nRuntimeError: out of shared memory"
     real_check = train.check_flex_attention
     monkeypatch.setattr(train, "flex_attention_error", failing_probe)
     monkeypatch.setattr(train.hardware, "device_name", lambda device: "a pretend GPU")
     monkeypatch.setattr(train, "check_flex_attention",
                         lambda model, dtype, device, say=print: real_check(model, dtype, "cuda", say))
     train.flex_attention_failure.cache_clear()
+    monkeypatch.setattr(train, "_shown_flex_failures", set())
     yield probes
     train.flex_attention_failure.cache_clear()
 
@@ -260,7 +261,8 @@ def test_a_failing_flex_attention_probe_runs_once_and_every_masked_model_uses_de
     assert len(flex_fails_on_a_pretend_gpu) == 1  # probed once per process
     assert [m.attn_masks.flex for m in models] == [False, False]
     assert len(said) == 2 and "FlexAttention does not run on a pretend GPU (RuntimeError: out of shared memory)" in said[0]
-    assert said[0].endswith("What failed:\nRuntimeError: out of shared memory")  # the probe's traceback, whole
+    assert said[0].endswith("What failed:\nTraceback (most recent call last):\nRuntimeError: out of shared memory")
+    assert "What failed" not in said[1]  # the traceback once per process
 
 
 def test_the_flex_attention_probe_returns_the_failures_whole_traceback(monkeypatch):
@@ -269,9 +271,22 @@ def test_the_flex_attention_probe_returns_the_failures_whole_traceback(monkeypat
     def broken_kernel():
         raise ValueError("a bug in our FlexAttention call")
     monkeypatch.setattr(model_module, "compiled_flex_attention", broken_kernel)
-    error = model_module.flex_attention_error("cpu", torch.float32, 2, 16)
+    summary, error = model_module.flex_attention_error("cpu", torch.float32, 2, 16)
     assert error.startswith("Traceback") and "in broken_kernel" in error
     assert error.strip().endswith("ValueError: a bug in our FlexAttention call")
+    assert summary == "ValueError: a bug in our FlexAttention call"
+
+
+def test_the_flex_attention_summary_is_the_messages_first_line_not_the_compilers_advice(monkeypatch):
+    import model as model_module
+
+    def failing_compile():  # as torch._dynamo's errors read: the message, then lines of advice
+        raise RuntimeError("out of resource: shared memory, Required: 131072, Hardware limit: 101376\n\n"
+                           "Set TORCHDYNAMO_VERBOSE=1 for the internal stack trace")
+    monkeypatch.setattr(model_module, "compiled_flex_attention", failing_compile)
+    summary, error = model_module.flex_attention_error("cpu", torch.float32, 2, 16)
+    assert summary == "RuntimeError: out of resource: shared memory, Required: 131072, Hardware limit: 101376"
+    assert error.rstrip().endswith("Set TORCHDYNAMO_VERBOSE=1 for the internal stack trace")
 
 
 def test_depth_auto_and_bench_train_their_masked_models_with_dense_masks_where_flex_fails(
