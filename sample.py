@@ -5,7 +5,7 @@
 
 All num_samples are generated together in one batch; the first is streamed to the terminal while it
 is produced and the others are printed when the batch finishes. Prompt + max_new_tokens must fit in
-the model's block_size: max_new_tokens is lowered to fit, with a message (no sliding window).
+the model's block_size: max_new_tokens is lowered to fit, with a message (the context does not slide).
 """
 from __future__ import annotations
 

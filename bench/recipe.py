@@ -55,15 +55,17 @@ RECIPES = ("gpt2", "modern")  # "modern" is MODERN with the options of --base
 
 
 @dataclass(frozen=True)
-class RunShare:
-    """A schedule's length as a share of the run's --max_iters, filled in by run_config."""
+class Share:
+    """A key's value as a share of one of the benchmark's settings (max_iters: a schedule's length; block_size:
+    a window), filled in by run_config, so that an option means the same at every --max_iters and --block_size."""
     share: float
+    of: str
 
-    def of(self, max_iters: int) -> int:
-        return max(1, round(self.share * max_iters))
+    def value(self, b: RecipeBenchConfig) -> int:
+        return max(1, round(self.share * getattr(b, self.of)))
 
 
-WHOLE_RUN = RunShare(1.0)
+WHOLE_RUN = Share(1.0, "max_iters")
 # Options of the modern recipe: a variant is one of them or several joined by "+" (--variants=ve,unet,ve+unet),
 # trained on top of the base recipe. Settings are for the benchmark's shape (4 layers, 245 steps).
 OPTIONS = {
@@ -77,13 +79,14 @@ OPTIONS = {
     "polar_express": dict(muon_ns="polar_express"),
     "normuon": dict(muon_normuon=True),
     "cautious_wd": dict(muon_cautious_wd=True, weight_decay=0.2),  # needs a decay; nanochat's Muon decay is 0.2
-    # document-aligned rows, document-causal attention, sliding windows, batch-size warmup: for rows of 2,048
-    # tokens (the window grows over the whole run, as modded-nanogpt's)
+    # document-aligned rows, document-causal attention, sliding windows, batch-size warmup: for rows of 2K+
+    # tokens that hold several documents (the window grows over the whole run, as modded-nanogpt's)
     "doc_align": dict(doc_align="bestfit"),
     "doc_causal": dict(doc_causal=True),
-    "window": dict(attn_window=512, window_pattern="SSSL", window_start=128, window_warmup_iters=WHOLE_RUN),
+    "window": dict(attn_window=Share(1 / 4, "block_size"), window_pattern="SSSL",  # 512 of 2,048, from 128
+                   window_start=Share(1 / 16, "block_size"), window_warmup_iters=WHOLE_RUN),
     # at --accumulation=2: 1 micro-step per update over the first ninth of the run, then 2
-    "batch_warmup": dict(batch_warmup_iters=RunShare(1 / 3), batch_start_frac=0.25),
+    "batch_warmup": dict(batch_warmup_iters=Share(1 / 3, "max_iters"), batch_start_frac=0.25),
 }
 
 
@@ -161,8 +164,20 @@ def split_val(data_dir: str, work_dir: str) -> dict[str, str]:
     return folders
 
 
+def check_val_halves(b: RecipeBenchConfig, data: dict[str, str]) -> None:
+    """Each half of val holds the batches that the curves (eval_iters) and the final losses (final_eval_iters)
+    read: said before any training, not when the first run's final loss is measured."""
+    for half in ("select", "report"):
+        fits = ValSet(data[half], b.batch_size, b.block_size, 1).windows.total // b.batch_size
+        for name in ("eval_iters", "final_eval_iters"):
+            if getattr(b, name) > fits:
+                raise ConfigError(f"{name}={getattr(b, name)}: the {half} half of val holds {fits} batches of "
+                                  f"{b.batch_size} rows of {b.block_size + 1} tokens; set {name} to at most {fits}, "
+                                  f"or prepare a larger val split (prepare.py --val_tokens)")
+
+
 def run_config(b: RecipeBenchConfig, recipe: str, lr: float, data_dir: str, out_dir: str) -> TrainConfig:
-    keys = {k: v.of(b.max_iters) if isinstance(v, RunShare) else v for k, v in recipe_keys(recipe, b.base).items()}
+    keys = {k: v.value(b) if isinstance(v, Share) else v for k, v in recipe_keys(recipe, b.base).items()}
     min_lr = 0.0 if keys["lr_schedule"] == "wsd" else lr / 10  # WSD cools down to zero
     return TrainConfig(out_dir=out_dir, data_dir=data_dir, n_layer=b.n_layer, n_head=b.n_head, n_embd=b.n_embd,
                        block_size=b.block_size, batch_size=b.batch_size, gradient_accumulation_steps=b.accumulation,
@@ -182,7 +197,8 @@ def val_loss(model: GPT, val_set: ValSet, amp) -> float:
 
 
 def train_run(b: RecipeBenchConfig, recipe: str, lr: float, data: dict[str, str]) -> dict:
-    """Train one recipe at one learning rate; its report-half curve and its final select-half loss."""
+    """Train one recipe at one learning rate; its report-half curve and the final losses of both halves, measured
+    on its last checkpoint with final_eval_iters batches each."""
     out_dir = os.path.join(b.out_dir, f"{recipe}-lr{lr:g}")
     cfg = run_config(b, recipe, lr, data["report"], out_dir)
     t = time.time()
@@ -318,6 +334,7 @@ def compare(b: RecipeBenchConfig) -> dict:
         return time_only(b)
     os.makedirs(b.out_dir, exist_ok=True)
     data = split_val(b.data_dir, b.out_dir)
+    check_val_halves(b, data)
     tokens_per_step = b.batch_size * b.block_size * b.accumulation
     print(f"{b.n_layer} layers x {b.n_embd} wide, context {b.block_size}, {tokens_per_step:,} tokens/step, "
           f"{b.max_iters} steps = {b.max_iters * tokens_per_step:,} tokens per run, {b.dtype} on {b.device}, "

@@ -55,5 +55,6 @@ cooldown_frac = 0.4
 warmup_iters = 100
 max_iters = 6000
 min_lr = 0.0
-window_warmup_iters = max_iters  # the window grows over the whole run (a --max_iters on the command line does
-                                 # not move it: pass --window_warmup_iters too)
+window_warmup_iters = max_iters  # the window grows over the whole run: counted in steps, so a --max_iters on the
+                                 # command line does not move it and --time_budget does not shorten it; pass
+                                 # --window_warmup_iters too (0 = the full window from the start)

@@ -79,7 +79,9 @@ def train_config(c: GPUCheckConfig, path: str, data_dir: str) -> dict:
     args = [os.path.join(ROOT, path), f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--batch_size=auto",
             f"--total_batch_size={c.total_batch_size}", f"--max_iters={c.max_iters}", "--warmup_iters=10",
             f"--eval_interval={c.max_iters}", "--eval_iters=10", "--log_interval=1", f"--device={c.device}",
-            f"--compile={c.compile}", "--init_from=scratch", *c.train_args.split()]
+            f"--compile={c.compile}", "--init_from=scratch",
+            "--window_warmup_iters=0",  # the full window from step 0: the speed of the run's steady state
+            *c.train_args.split()]
     t = time.time()
     summary = train.train(parse_config(train.TrainConfig, args))
     wall = time.time() - t

@@ -3,11 +3,11 @@ import json
 import os
 import sys
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the workers share the cores, so one thread each (set
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy and torch start their thread pools)
+
 import numpy as np
 import pytest
-
-if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the workers share the cores, so one torch thread each
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 PARQUET_DIR = os.path.join(SHARED, "fineweb", "fineweb_legal_pilot_batches")

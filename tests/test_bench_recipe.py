@@ -30,8 +30,21 @@ def test_a_variant_is_the_base_recipe_with_its_options_on_top():
     assert bench_recipe.recipe_keys("modern", base="softcap")["logit_softcap"] == 15.0
     assert bench_recipe.recipe_keys("gpt2", base="softcap") == bench_recipe.GPT2
     b = bench_recipe.RecipeBenchConfig(max_iters=77, block_size=1024)
-    assert bench_recipe.run_config(b, "window", 0.02, "", "").window_warmup_iters == 77  # grows over the whole run
+    window = bench_recipe.run_config(b, "window", 0.02, "", "")
+    assert window.window_warmup_iters == 77  # grows over the whole run
+    assert (window.attn_window, window.window_start) == (256, 64)  # a quarter of the row, from a sixteenth
+    assert bench_recipe.run_config(bench_recipe.RecipeBenchConfig(block_size=2048), "window", 0.02, "", "").attn_window \
+        == 512  # as measured in docs/benchmarks.md
     assert bench_recipe.run_config(b, "batch_warmup", 0.02, "", "").batch_warmup_iters == 26  # a third of it
+
+
+def test_a_final_eval_larger_than_a_val_half_is_refused_before_any_training(synthetic_shards, tmp_path):
+    b = bench_recipe.RecipeBenchConfig(data_dir=synthetic_shards, out_dir=str(tmp_path), n_layer=1, n_embd=32,
+                                       block_size=32, batch_size=4, final_eval_iters=10**6)
+    with pytest.raises(ConfigError, match=r"final_eval_iters=1000000: the select half of val holds \d+ batches of 4 "
+                                          r"rows of 33 tokens; set final_eval_iters to at most \d+"):
+        bench_recipe.compare(b)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".log")]  # no run started
 
 
 @pytest.mark.slow  # three tiny training runs and the timing rounds
