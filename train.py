@@ -143,6 +143,11 @@ class TrainConfig(ModelKeys):
     window_warmup_iters: int = key(0, "steps over which the short attention window grows linearly from window_start "
                                    "to attn_window (0 = attn_window from the start)", range="[0, inf)")
     window_start: int = key(0, "the short attention window at step 0 when window_warmup_iters is on", range="[0, inf)")
+    seq_warmup_iters: int = key(0, "a sequence-length warmup: each row of block_size tokens is trained as rows of "
+                                "seq_start tokens at step 0, doubling at equal intervals up to block_size at this "
+                                "step; the tokens per update stay the same (0 = off)", range="[0, inf)")
+    seq_start: int = key(0, "the row length at step 0 when seq_warmup_iters is on; block_size/seq_start must be a "
+                         "power of two", range="[0, inf)")
     min_lr: float = key(6e-5, "final learning rate of the main group (the others scale alike), ~learning_rate/10",
                         range="[0, inf)")
     # system
@@ -187,6 +192,12 @@ def check_config(cfg: TrainConfig) -> None:
         between.append(f"window_warmup_iters={cfg.window_warmup_iters} grows the short attention window from "
                        f"window_start to attn_window: set attn_window, and 1 <= window_start <= attn_window "
                        f"(got window_start={cfg.window_start}, attn_window={cfg.attn_window})")
+    doublings = cfg.block_size // cfg.seq_start if cfg.seq_start else 0
+    if cfg.seq_warmup_iters and not (cfg.block_size % max(1, cfg.seq_start) == 0 and doublings
+                                     and doublings & (doublings - 1) == 0):
+        between.append(f"seq_warmup_iters={cfg.seq_warmup_iters} doubles the row length from seq_start to "
+                       f"block_size={cfg.block_size}: set seq_start to block_size divided by a power of two "
+                       f"(e.g. {max(1, cfg.block_size // 4)}; got seq_start={cfg.seq_start})")
     if cfg.depth == "auto" and not cfg.time_budget:
         between.append("depth=auto picks the deepest model that a time budget can train: add --time_budget=... "
                        "(e.g. 8h), or give a depth")
@@ -591,10 +602,11 @@ def diverged(step_loss: float, grad_norm: float, step: int, cfg: TrainConfig) ->
 
 
 def apply_schedules(step: int, cfg: TrainConfig, model: GPT, optimizer, batches: BatchSchedule,
-                    state: LoopState) -> tuple[int, int]:
+                    state: LoopState) -> tuple[int, int, int]:
     """Set what follows a schedule at `step` besides the learning rate (which the horizon gives): the short
-    attention window and Muon's momentum. Returns (micro-steps per process, tokens) of update `step` (a batch
-    warmup's are fewer). Each is a function of the step, so a resume continues it."""
+    attention window and Muon's momentum. Returns (micro-steps per process, tokens, row length) of update `step`
+    (a batch warmup's are fewer tokens; a sequence-length warmup's, shorter rows of the same tokens). Each is a
+    function of the step, so a resume continues it."""
     window = model.config.attn_window  # the model's, not the config's: a resumed model is the checkpoint's
     if window:  # without a short window the masks keep the full context
         state.attn_window = schedule.attn_window(step, window, min(cfg.window_start, window), cfg.window_warmup_iters)
@@ -603,7 +615,8 @@ def apply_schedules(step: int, cfg: TrainConfig, model: GPT, optimizer, batches:
     for group in optimizer.param_groups:
         if "momentum" in group:  # Muon's groups (AdamW's have betas)
             group["momentum"] = momentum
-    return batches.accum_at(step), batches.tokens_at(step)
+    return (batches.accum_at(step), batches.tokens_at(step),
+            schedule.seq_len(step, cfg.block_size, cfg.seq_start, cfg.seq_warmup_iters))
 
 
 # ------------------------------------------------------------------ the run
@@ -651,6 +664,9 @@ def train(cfg: TrainConfig) -> dict:
                                batches.tokens_before)
         if cfg.time_budget:
             env.print0(horizon.describe())
+        if cfg.seq_warmup_iters:
+            env.print0(f"sequence-length warmup: rows of {cfg.seq_start} tokens at step 0, doubling to "
+                       f"{cfg.block_size} by step {cfg.seq_warmup_iters:,} (the same tokens per update)")
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
         last_loss = val_loss = val_step = budget_end = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
@@ -660,7 +676,7 @@ def train(cfg: TrainConfig) -> dict:
             for step in itertools.count(start_step):
                 state.step, state.elapsed = step, clock.elapsed()
                 lr, last_step, final_update = horizon.at(step, step_times, eval_s)  # max_iters or the clock decides
-                accum_steps, step_tokens = apply_schedules(step, cfg, raw_model, optimizer, batches, state)
+                accum_steps, step_tokens, row_len = apply_schedules(step, cfg, raw_model, optimizer, batches, state)
                 row = {"step": step, "tokens": state.tokens}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)
@@ -696,7 +712,7 @@ def train(cfg: TrainConfig) -> dict:
                 for micro in range(accum_steps):
                     sync = not env.ddp or micro == accum_steps - 1  # all-reduce gradients on the last micro-step only
                     with (nullcontext() if sync else model.no_sync()), amp:
-                        _, loss = model(x, y)
+                        _, loss = model(x.reshape(-1, row_len), y.reshape(-1, row_len))  # the same tokens
                     state.loader = batch_state  # this batch is consumed
                     x, y, batch_state = train_loader.next_batch()  # prefetch the next batch while the GPU works
                     scaler.scale(loss / accum_steps).backward()

@@ -87,6 +87,8 @@ OPTIONS = {
                    window_start=Share(1 / 16, "block_size"), window_warmup_iters=WHOLE_RUN),
     # at --accumulation=2: 1 micro-step per update over the first ninth of the run, then 2
     "batch_warmup": dict(batch_warmup_iters=Share(1 / 3, "max_iters"), batch_start_frac=0.25),
+    # rows of a quarter of the row at first, then half, then whole, over the first third of the run
+    "seq_warmup": dict(seq_warmup_iters=Share(1 / 3, "max_iters"), seq_start=Share(1 / 4, "block_size")),
 }
 
 

@@ -73,6 +73,16 @@ def describe_change(step: int, old: ScheduleKeys, new: ScheduleKeys) -> str | No
             f"to {get_lr(step, new):.3g}")
 
 
+def seq_len(step: int, block_size: int, seq_start: int, seq_warmup_iters: int) -> int:
+    """The row length at step of a sequence-length warmup: seq_start, doubled at equal intervals so that it
+    reaches block_size at step seq_warmup_iters (block_size with no warmup). Powers of two apart, so that a
+    compiled model sees a few shapes only, and each length divides the rows the loader gives."""
+    if not seq_warmup_iters or step >= seq_warmup_iters:
+        return block_size
+    doublings = (block_size // seq_start).bit_length() - 1
+    return seq_start << (step * doublings // seq_warmup_iters)
+
+
 def attn_window(step: int, window: int, window_start: int, window_warmup_iters: int) -> int:
     """The short-window layers' window at step: grows linearly from window_start at step 0 to window at step
     window_warmup_iters, then stays (modded-nanogpt grows its window during training); window from the start

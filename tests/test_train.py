@@ -174,6 +174,32 @@ def test_batch_schedule_rises_in_whole_micro_steps():
     assert [BatchSchedule(8, 100).accum_at(s) for s in (0, 1000)] == [8, 8]  # off: the full batch throughout
 
 
+def test_a_sequence_length_warmup_trains_the_same_tokens_as_shorter_rows(synthetic_shards, tmp_path, monkeypatch):
+    from fineweb_gpt.schedule import seq_len
+    assert [seq_len(s, 2048, 512, 6) for s in (0, 2, 3, 5, 6, 100)] == [512, 512, 1024, 1024, 2048, 2048]
+    assert seq_len(0, 2048, 0, 0) == 2048  # off
+    seen, forward = [], GPT.forward
+
+    def recorded_forward(self, idx, targets=None, **kwargs):
+        if self.training:
+            seen.append(idx)
+        return forward(self, idx, targets, **kwargs)
+    monkeypatch.setattr(GPT, "forward", recorded_forward)
+    run_train(synthetic_shards, tmp_path / "warmup", "--max_iters=5", "--seq_warmup_iters=4", "--seq_start=8")
+    warmup, seen[:] = list(seen), []
+    run_train(synthetic_shards, tmp_path / "off", "--max_iters=5")
+    assert [tuple(x.shape) for x in warmup] == [(16, 8), (16, 8), (8, 16), (8, 16), (4, 32)]  # batch_size=4 x 32
+    assert all(torch.equal(a.flatten(), b.flatten()) for a, b in zip(warmup, seen))  # the loader's rows, cut
+    assert all(r["step_tokens"] == 4 * 32 for r in metrics(tmp_path / "warmup") if "step_tokens" in r)
+
+
+def test_a_sequence_length_warmup_needs_a_power_of_two_below_block_size(synthetic_shards, tmp_path):
+    from configurator import ConfigError
+    with pytest.raises(ConfigError, match="seq_warmup_iters=4 doubles the row length from seq_start to "
+                                          "block_size=32: set seq_start to block_size divided by a power of two"):
+        run_train(synthetic_shards, tmp_path, "--seq_warmup_iters=4", "--seq_start=12")
+
+
 def doc_shards(tmp_path):
     """Shards of documents between end-of-text tokens, for doc_align (no tokenizer needed)."""
     from test_dataloader import make_doc_dir
@@ -182,10 +208,12 @@ def doc_shards(tmp_path):
 
 
 # Every record-line option at once (on doc_shards): the model's, Muon's variants, rows opening at a document,
-# document-causal attention and a short/long window growing over the first 6 steps; the warmups cross the resume
-# test's stop at step 4 and last through the DDP test's 4 steps
+# document-causal attention, a short/long window growing over the first 6 steps and rows of 8, then 16, then 32
+# tokens (a sequence-length warmup over the same 6); the warmups cross the resume test's stop at step 4 and last
+# through the DDP test's 4 steps
 EVERY_OPTION = [*RECORD, *MUON_VARIANTS, "--doc_align=bestfit", "--doc_causal=True", "--attn_window=8",
-                "--window_pattern=SL", "--window_warmup_iters=6", "--window_start=2"]
+                "--window_pattern=SL", "--window_warmup_iters=6", "--window_start=2", "--seq_warmup_iters=6",
+                "--seq_start=8"]
 
 
 @pytest.mark.slow  # three training runs
