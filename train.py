@@ -193,11 +193,12 @@ def check_config(cfg: TrainConfig) -> None:
                        f"window_start to attn_window: set attn_window, and 1 <= window_start <= attn_window "
                        f"(got window_start={cfg.window_start}, attn_window={cfg.attn_window})")
     doublings = cfg.block_size // cfg.seq_start if cfg.seq_start else 0
-    if cfg.seq_warmup_iters and not (cfg.block_size % max(1, cfg.seq_start) == 0 and doublings
+    if cfg.seq_warmup_iters and not (cfg.block_size % max(1, cfg.seq_start) == 0 and 0 < doublings <= 64
                                      and doublings & (doublings - 1) == 0):
         between.append(f"seq_warmup_iters={cfg.seq_warmup_iters} doubles the row length from seq_start to "
-                       f"block_size={cfg.block_size}: set seq_start to block_size divided by a power of two "
-                       f"(e.g. {max(1, cfg.block_size // 4)}; got seq_start={cfg.seq_start})")
+                       f"block_size={cfg.block_size}: set seq_start to block_size divided by a power of two up to "
+                       f"64 (a compiled model compiles once per length; e.g. {max(1, cfg.block_size // 4)}; got "
+                       f"seq_start={cfg.seq_start})")
     if cfg.depth == "auto" and not cfg.time_budget:
         between.append("depth=auto picks the deepest model that a time budget can train: add --time_budget=... "
                        "(e.g. 8h), or give a depth")

@@ -198,6 +198,8 @@ def test_a_sequence_length_warmup_needs_a_power_of_two_below_block_size(syntheti
     with pytest.raises(ConfigError, match="seq_warmup_iters=4 doubles the row length from seq_start to "
                                           "block_size=32: set seq_start to block_size divided by a power of two"):
         run_train(synthetic_shards, tmp_path, "--seq_warmup_iters=4", "--seq_start=12")
+    with pytest.raises(ConfigError, match="up to 64"):
+        run_train(synthetic_shards, tmp_path, "--seq_warmup_iters=4", "--seq_start=1", "--block_size=128")
 
 
 def doc_shards(tmp_path):
