@@ -392,7 +392,8 @@ def flex_attention_error(device: str, dtype: torch.dtype, n_head: int, head_size
         out.sum().backward()
         return None
     except Exception as e:  # any failure to build or run the kernel means: use the dense path
-        summary = "".join(traceback.format_exception_only(e)).strip().splitlines()[0]
+        cause = getattr(e, "inner_exception", None) or e  # dynamo's BackendCompilerFailed wraps the real error
+        summary = "".join(traceback.format_exception_only(cause)).strip().splitlines()[0]
         return summary, traceback.format_exc()
 
 

@@ -147,7 +147,7 @@ class TrainConfig(ModelKeys):
                                 "seq_start tokens at step 0, doubling at equal intervals up to block_size at this "
                                 "step; the tokens per update stay the same (0 = off)", range="[0, inf)")
     seq_start: int = key(0, "the row length at step 0 when seq_warmup_iters is on; block_size/seq_start must be a "
-                         "power of two", range="[0, inf)")
+                         "power of two, at most 64", range="[0, inf)")
     min_lr: float = key(6e-5, "final learning rate of the main group (the others scale alike), ~learning_rate/10",
                         range="[0, inf)")
     # system
@@ -192,13 +192,13 @@ def check_config(cfg: TrainConfig) -> None:
         between.append(f"window_warmup_iters={cfg.window_warmup_iters} grows the short attention window from "
                        f"window_start to attn_window: set attn_window, and 1 <= window_start <= attn_window "
                        f"(got window_start={cfg.window_start}, attn_window={cfg.attn_window})")
-    doublings = cfg.block_size // cfg.seq_start if cfg.seq_start else 0
-    if cfg.seq_warmup_iters and not (cfg.block_size % max(1, cfg.seq_start) == 0 and 0 < doublings <= 64
-                                     and doublings & (doublings - 1) == 0):
+    ratio = cfg.block_size // cfg.seq_start if cfg.seq_start else 0
+    if cfg.seq_warmup_iters and not (cfg.block_size % max(1, cfg.seq_start) == 0 and 0 < ratio <= 64
+                                     and ratio & (ratio - 1) == 0):
+        quarter = f" (e.g. {cfg.block_size // 4})" if cfg.block_size % 4 == 0 else ""
         between.append(f"seq_warmup_iters={cfg.seq_warmup_iters} doubles the row length from seq_start to "
                        f"block_size={cfg.block_size}: set seq_start to block_size divided by a power of two up to "
-                       f"64 (a compiled model compiles once per length; e.g. {max(1, cfg.block_size // 4)}; got "
-                       f"seq_start={cfg.seq_start})")
+                       f"64{quarter}; got seq_start={cfg.seq_start}")
     if cfg.depth == "auto" and not cfg.time_budget:
         between.append("depth=auto picks the deepest model that a time budget can train: add --time_budget=... "
                        "(e.g. 8h), or give a depth")
@@ -311,7 +311,7 @@ def depth_by_speed(cfg: TrainConfig, env: Env, dtype: str, amp, clock: Clock) ->
         trial, _ = plan.dial(cfg, depth, env.world_size, model_config)
         model = GPT(model_config(trial)).to(env.device).train()
         set_memory_options(model, trial, env)
-        check_flex_attention(model, dtype, env.device, say=lambda line: None)  # the chosen model's run says it
+        check_flex_attention(model, dtype, env.device, say=None)  # quiet: the chosen model's run says it
         optimizer, _ = make_optimizer(model, optimizer_settings(trial))
         compiled = torch.compile(model) if hardware.pick_compile(trial.compile, env.device)[0] else model
         tok_per_s = 0.0
@@ -389,8 +389,10 @@ def describe_attention(c: GPTConfig, cfg: TrainConfig) -> str:
     start = min(cfg.window_start, c.attn_window)  # as apply_schedules grows it
     grows = (f", growing from {start} over {cfg.window_warmup_iters:,} steps"
              if cfg.window_warmup_iters and start < c.attn_window else "")
-    covers = (f"; once it reaches {c.block_size} tokens the window is the whole context"
-              if c.attn_window >= c.block_size else "")
+    covers = ""
+    if c.attn_window >= cfg.block_size:  # as long as the rows or longer
+        covers = (f"; the window is the whole row of {cfg.block_size} tokens" +
+                  (" once it has grown to that" if grows and start < cfg.block_size else ""))
     return (f"{kind}, a window of the last {c.attn_window} tokens in {short} of {c.n_layer} layers "
             f"(pattern {c.window_pattern}){grows}, the others the whole context{covers}")
 
@@ -416,10 +418,11 @@ def flex_attention_failure(device: str, dtype: str, n_head: int, head_size: int)
     return flex_attention_error(device, getattr(torch, dtype), n_head, head_size)
 
 
-def check_flex_attention(model: GPT, dtype: str, device: str, say: Callable[[str], None] = print) -> None:
+def check_flex_attention(model: GPT, dtype: str, device: str, say: Callable[[str], None] | None = print) -> None:
     """With document or window masks on CUDA: a small FlexAttention forward and backward, with the model's kernel
     options, runs on this GPU; else the model uses SDPA with dense masks, and `say` tells why. Every script that
-    trains a masked model (train.py, bench.py, bench/) calls this before its first forward."""
+    trains a masked model (train.py, bench.py, bench/) calls this before its first forward; say=None: quietly
+    (depth=auto's trials), leaving the traceback to the next model's check."""
     if not device.startswith("cuda") or not masked(model.config):
         return
     failure = flex_attention_failure(device, dtype, model.config.n_head, model.config.head_size)
@@ -428,6 +431,8 @@ def check_flex_attention(model: GPT, dtype: str, device: str, say: Callable[[str
         summary, error = failure[0][:300], failure[1]
         line = (f"attention: FlexAttention does not run on {hardware.device_name(device)} ({summary}); using SDPA "
                 f"with dense masks instead (the same results, slower and with more memory)")
+        if say is None:
+            return
         shown = error in _shown_flex_failures  # a process that trains many models (bench/) shows it once
         _shown_flex_failures.add(error)
         say(line if shown else f"{line}. What failed:\n{error.rstrip()}")
@@ -612,6 +617,8 @@ def apply_schedules(step: int, cfg: TrainConfig, model: GPT, optimizer, batches:
     if window:  # without a short window the masks keep the full context
         state.attn_window = schedule.attn_window(step, window, min(cfg.window_start, window), cfg.window_warmup_iters)
         model.set_attn_window(state.attn_window)  # saved too: sample/eval/export run with it
+    else:
+        state.attn_window = None
     momentum = schedule.get_muon_momentum(step, cfg)
     for group in optimizer.param_groups:
         if "momentum" in group:  # Muon's groups (AdamW's have betas)
@@ -659,15 +666,15 @@ def train(cfg: TrainConfig) -> dict:
                       "world_size": env.world_size, "dtype": dtype, "device": hardware.device_name(env.device),
                       "tokenizer": tok_record})  # plot.py shows reference curves only for runs on their tokenizer
         state.wandb_run_id = log.wandb.id or state.wandb_run_id
-        flops_per_token = raw_model.flops_per_token(cfg.block_size)
+        flops_per_token = functools.cache(raw_model.flops_per_token)  # by row length: a seq warmup's are shorter
         start_step, eval_s = state.step, 0.0
         horizon = plan.Horizon(cfg, state, env, clock, raw_model.num_params()["total"], tokens_per_step,
                                batches.tokens_before)
         if cfg.time_budget:
             env.print0(horizon.describe())
-        if cfg.seq_warmup_iters:
-            env.print0(f"sequence-length warmup: rows of {cfg.seq_start} tokens at step 0, doubling to "
-                       f"{cfg.block_size} by step {cfg.seq_warmup_iters:,} (the same tokens per update)")
+        if start_step < cfg.seq_warmup_iters and cfg.seq_start < cfg.block_size:
+            env.print0(f"sequence-length warmup: rows of {cfg.seq_start} tokens at step 0, doubled at equal intervals "
+                       f"to {cfg.block_size} at step {cfg.seq_warmup_iters:,} (the same tokens per update)")
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
         last_loss = val_loss = val_step = budget_end = None
         step_times: collections.deque[float] = collections.deque(maxlen=20)  # recent update times, for the ETA
@@ -678,6 +685,8 @@ def train(cfg: TrainConfig) -> dict:
                 state.step, state.elapsed = step, clock.elapsed()
                 lr, last_step, final_update = horizon.at(step, step_times, eval_s)  # max_iters or the clock decides
                 accum_steps, step_tokens, row_len = apply_schedules(step, cfg, raw_model, optimizer, batches, state)
+                if compiled is not raw_model and step == cfg.seq_warmup_iters > start_step:
+                    torch._dynamo.reset()  # the warmup's lengths made the graph dynamic in B and T: full rows static
                 row = {"step": step, "tokens": state.tokens}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
                 # its first step: the same number as before the stop, a check that the model came back intact)
@@ -732,7 +741,7 @@ def train(cfg: TrainConfig) -> dict:
                 state.tokens += step_tokens
 
                 if step % cfg.log_interval == 0 or final_update:  # the last update too: curves end with the run
-                    mfu = hardware.mfu(flops_per_token * step_tokens / dt, env.device, cfg.peak_tflops, env.world_size)
+                    mfu = hardware.mfu(flops_per_token(row_len) * step_tokens / dt, env.device, cfg.peak_tflops, env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, step_tokens=step_tokens,
                                tok_per_s=step_tokens / dt, mfu=mfu, elapsed=clock.elapsed(), peak_mem_gib=mem)

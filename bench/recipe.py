@@ -43,7 +43,7 @@ from fineweb_gpt.inference import load_for_inference
 from model import GPT, count_params
 from fineweb_gpt.optimizer import make_optimizer
 from fineweb_gpt.runlog import METRICS, read_metrics
-from train import TrainConfig, check_flex_attention, model_config, optimizer_settings, train
+from train import TrainConfig, check_config, check_flex_attention, model_config, optimizer_settings, train
 
 # Each recipe's keys; the learning rate (of the block matrices) is swept. "modern" is what config/train_fineweb.py
 # trained before the record line's options: SwiGLU, so that it exports to transformers' Qwen3ForCausalLM.
@@ -57,7 +57,8 @@ RECIPES = ("gpt2", "modern")  # "modern" is MODERN with the options of --base
 @dataclass(frozen=True)
 class Share:
     """A key's value as a share of one of the benchmark's settings (max_iters: a schedule's length; block_size:
-    a window), filled in by run_config, so that an option means the same at every --max_iters and --block_size."""
+    a window or a row length), filled in by run_config, so that an option means the same at every --max_iters
+    and --block_size."""
     share: float
     of: str
 
@@ -337,6 +338,8 @@ def compare(b: RecipeBenchConfig) -> dict:
     os.makedirs(b.out_dir, exist_ok=True)
     data = split_val(b.data_dir, b.out_dir)
     check_val_halves(b, data)
+    for recipe in timed_recipes(b):  # a variant's bad keys (a share that rounds badly) before any run trains
+        check_config(run_config(b, recipe, 0.01, data["report"], b.out_dir))
     tokens_per_step = b.batch_size * b.block_size * b.accumulation
     print(f"{b.n_layer} layers x {b.n_embd} wide, context {b.block_size}, {tokens_per_step:,} tokens/step, "
           f"{b.max_iters} steps = {b.max_iters * tokens_per_step:,} tokens per run, {b.dtype} on {b.device}, "

@@ -195,4 +195,6 @@ def load_model(path: str) -> tuple[GPT, dict]:
     val loss measured (the window is a buffer derived from the step, not a weight)."""
     ckpt = load_checkpoint(path)
     window = ckpt.get("loop", {}).get("attn_window")
+    if not ckpt["model_args"].get("attn_window"):  # an unwindowed model (some older runs saved a window anyway)
+        window = None
     return build_model(ckpt, path, **({"attn_window": window} if window else {})).eval(), ckpt

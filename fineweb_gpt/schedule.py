@@ -1,5 +1,5 @@
 """The learning-rate schedule: linear warmup, then a cosine or warmup-stable-decay (WSD) descent to min_lr;
-Muon's momentum warmup; and the attention window schedule."""
+Muon's momentum warmup; the attention window schedule and the sequence-length warmup's row length."""
 from __future__ import annotations
 
 import math

@@ -47,6 +47,14 @@ def test_a_final_eval_larger_than_a_val_half_is_refused_before_any_training(synt
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".log")]  # no run started
 
 
+def test_a_variant_whose_keys_do_not_fit_the_shape_is_refused_before_any_training(synthetic_shards, tmp_path):
+    b = bench_recipe.RecipeBenchConfig(data_dir=synthetic_shards, out_dir=str(tmp_path), n_layer=1, n_embd=32,
+                                       block_size=30, batch_size=4, variants="seq_warmup")  # a quarter of 30: 8
+    with pytest.raises(ConfigError, match="set seq_start to block_size divided by a power of two"):
+        bench_recipe.compare(b)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".log")]
+
+
 @pytest.mark.slow  # three tiny training runs and the timing rounds
 def test_chooses_on_select_reports_on_report_and_reuses_finished_runs(synthetic_shards, tmp_path):
     args = [f"--data_dir={synthetic_shards}", f"--out_dir={tmp_path}", "--n_layer=1", "--n_head=2", "--n_embd=32",

@@ -174,6 +174,7 @@ def test_batch_schedule_rises_in_whole_micro_steps():
     assert [BatchSchedule(8, 100).accum_at(s) for s in (0, 1000)] == [8, 8]  # off: the full batch throughout
 
 
+@pytest.mark.slow  # two training runs
 def test_a_sequence_length_warmup_trains_the_same_tokens_as_shorter_rows(synthetic_shards, tmp_path, monkeypatch):
     from fineweb_gpt.schedule import seq_len
     assert [seq_len(s, 2048, 512, 6) for s in (0, 2, 3, 5, 6, 100)] == [512, 512, 1024, 1024, 2048, 2048]
@@ -182,15 +183,33 @@ def test_a_sequence_length_warmup_trains_the_same_tokens_as_shorter_rows(synthet
 
     def recorded_forward(self, idx, targets=None, **kwargs):
         if self.training:
-            seen.append(idx)
+            seen.append((idx, targets))
         return forward(self, idx, targets, **kwargs)
     monkeypatch.setattr(GPT, "forward", recorded_forward)
     run_train(synthetic_shards, tmp_path / "warmup", "--max_iters=5", "--seq_warmup_iters=4", "--seq_start=8")
     warmup, seen[:] = list(seen), []
     run_train(synthetic_shards, tmp_path / "off", "--max_iters=5")
-    assert [tuple(x.shape) for x in warmup] == [(16, 8), (16, 8), (8, 16), (8, 16), (4, 32)]  # batch_size=4 x 32
-    assert all(torch.equal(a.flatten(), b.flatten()) for a, b in zip(warmup, seen))  # the loader's rows, cut
+    assert [tuple(x.shape) for x, _ in warmup] == [(16, 8), (16, 8), (8, 16), (8, 16), (4, 32)]  # batch_size=4 x 32
+    for (x, y), (x_off, y_off) in zip(warmup, seen):  # the loader's rows (and their targets), cut
+        assert torch.equal(x, x_off.reshape(x.shape)) and torch.equal(y, y_off.reshape(y.shape))
     assert all(r["step_tokens"] == 4 * 32 for r in metrics(tmp_path / "warmup") if "step_tokens" in r)
+
+
+@pytest.mark.slow  # two training runs, traced by dynamo
+def test_a_compiled_sequence_length_warmup_compiles_the_full_rows_anew_when_it_ends(synthetic_shards, tmp_path,
+                                                                                   monkeypatch):
+    from torch._dynamo.testing import CompileCounter
+    counter, resets = CompileCounter(), []
+    real_compile, real_reset = torch.compile, torch._dynamo.reset
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=counter))
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: (resets.append(counter.frame_count), real_reset()))
+    run_train(synthetic_shards, tmp_path / "compiled", "--max_iters=6", "--seq_warmup_iters=4", "--seq_start=8",
+              "--compile=True")
+    # once, after rows of 8 (static) and 16 (dynamic, which would serve 32 too), then the full rows static
+    assert resets == [2] and counter.frame_count == 3
+    run_train(synthetic_shards, tmp_path / "eager", "--max_iters=6", "--seq_warmup_iters=4", "--seq_start=8")
+    compiled, eager = losses(tmp_path / "compiled"), losses(tmp_path / "eager")
+    assert compiled.keys() == eager.keys() and all(compiled[s] == pytest.approx(eager[s], rel=1e-5) for s in eager)
 
 
 def test_a_sequence_length_warmup_needs_a_power_of_two_below_block_size(synthetic_shards, tmp_path):
@@ -293,6 +312,15 @@ def test_a_failing_flex_attention_probe_runs_once_and_every_masked_model_uses_de
     assert len(said) == 2 and "FlexAttention does not run on a pretend GPU (RuntimeError: out of shared memory)" in said[0]
     assert said[0].endswith("What failed:\nTraceback (most recent call last):\nRuntimeError: out of shared memory")
     assert "What failed" not in said[1]  # the traceback once per process
+
+
+def test_a_quiet_check_leaves_the_traceback_to_the_next_model(flex_fails_on_a_pretend_gpu):
+    said = []  # depth=auto's trials check quietly; the chosen model's check must still show what failed
+    for say in (None, said.append):
+        model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, **MASKED_MODEL))
+        train.check_flex_attention(model, "bfloat16", "cuda", say)
+        assert not model.attn_masks.flex
+    assert len(said) == 1 and "What failed:\nTraceback" in said[0]
 
 
 def test_the_flex_attention_probe_returns_the_failures_whole_traceback(monkeypatch):
