@@ -36,11 +36,16 @@ SCRIPTS = [train, sample, eval_script, export, plot, bench, prepare, bench_recip
            bench_sample]
 
 
+CODE_FOLDERS = ("fineweb_gpt", "bench", "scripts", "data")
+
+
 def repository_modules() -> list:
-    """Every Python module of the repository but the tests and the config files, imported."""
+    """Every Python module of the repository but the tests and the config files, imported: the root's and the
+    code folders' (not what runs write beside them, such as an export's modeling files in hf-tiny/)."""
     modules = []
     for dirpath, dirnames, names in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if not d.startswith((".", "__")) and d not in ("tests", "config")]
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))
+                       and (dirpath != ROOT or d in CODE_FOLDERS)]
         for name in sorted(n for n in names if n.endswith(".py")):
             path = os.path.relpath(os.path.join(dirpath, name), ROOT).replace(os.sep, "/")
             if path.startswith("fineweb_gpt/hf_remote/"):  # copied into exports, imported there beside model.py
