@@ -147,7 +147,7 @@ class TrainConfig(ModelKeys):
                                 "seq_start tokens at step 0, doubling at equal intervals up to block_size at this "
                                 "step; the tokens per update stay the same (0 = off)", range="[0, inf)")
     seq_start: int = key(0, "the row length at step 0 when seq_warmup_iters is on; block_size/seq_start must be a "
-                         "power of two, at most 64", range="[0, inf)")
+                         f"power of two, at most {schedule.MAX_SEQ_RATIO}", range="[0, inf)")
     min_lr: float = key(6e-5, "final learning rate of the main group (the others scale alike), ~learning_rate/10",
                         range="[0, inf)")
     # system
@@ -192,13 +192,11 @@ def check_config(cfg: TrainConfig) -> None:
         between.append(f"window_warmup_iters={cfg.window_warmup_iters} grows the short attention window from "
                        f"window_start to attn_window: set attn_window, and 1 <= window_start <= attn_window "
                        f"(got window_start={cfg.window_start}, attn_window={cfg.attn_window})")
-    ratio = cfg.block_size // cfg.seq_start if cfg.seq_start else 0
-    if cfg.seq_warmup_iters and not (cfg.block_size % max(1, cfg.seq_start) == 0 and 0 < ratio <= 64
-                                     and ratio & (ratio - 1) == 0):
+    if cfg.seq_warmup_iters and not schedule.seq_start_fits(cfg.block_size, cfg.seq_start):
         quarter = f" (e.g. {cfg.block_size // 4})" if cfg.block_size % 4 == 0 else ""
         between.append(f"seq_warmup_iters={cfg.seq_warmup_iters} doubles the row length from seq_start to "
                        f"block_size={cfg.block_size}: set seq_start to block_size divided by a power of two up to "
-                       f"64{quarter}; got seq_start={cfg.seq_start}")
+                       f"{schedule.MAX_SEQ_RATIO}{quarter}; got seq_start={cfg.seq_start}")
     if cfg.depth == "auto" and not cfg.time_budget:
         between.append("depth=auto picks the deepest model that a time budget can train: add --time_budget=... "
                        "(e.g. 8h), or give a depth")
@@ -412,8 +410,8 @@ _shown_flex_failures: set[str] = set()
 
 @functools.cache
 def flex_attention_failure(device: str, dtype: str, n_head: int, head_size: int) -> tuple[str, str] | None:
-    """Why FlexAttention does not run here, as (summary, traceback) (None: it does), probed once per process for each
-    device, dtype and head shape: every model built with them (depth=auto's trials, then the run) takes the same
+    """Why FlexAttention does not run here, as (summary, traceback) (None: it does), probed once per process for
+    each device, dtype and head shape: every model built with them (depth=auto's trials, then the run) takes the same
     answer."""
     return flex_attention_error(device, getattr(torch, dtype), n_head, head_size)
 
@@ -428,11 +426,11 @@ def check_flex_attention(model: GPT, dtype: str, device: str, say: Callable[[str
     failure = flex_attention_failure(device, dtype, model.config.n_head, model.config.head_size)
     if failure:
         model.use_dense_attention()
+        if say is None:
+            return
         summary, error = failure[0][:300], failure[1]
         line = (f"attention: FlexAttention does not run on {hardware.device_name(device)} ({summary}); using SDPA "
                 f"with dense masks instead (the same results, slower and with more memory)")
-        if say is None:
-            return
         shown = error in _shown_flex_failures  # a process that trains many models (bench/) shows it once
         _shown_flex_failures.add(error)
         say(line if shown else f"{line}. What failed:\n{error.rstrip()}")
@@ -672,7 +670,8 @@ def train(cfg: TrainConfig) -> dict:
                                batches.tokens_before)
         if cfg.time_budget:
             env.print0(horizon.describe())
-        if start_step < cfg.seq_warmup_iters and cfg.seq_start < cfg.block_size:
+        seq_warmup = cfg.seq_warmup_iters > start_step and cfg.seq_start < cfg.block_size  # shorter rows ahead
+        if seq_warmup:
             env.print0(f"sequence-length warmup: rows of {cfg.seq_start} tokens at step 0, doubled at equal intervals "
                        f"to {cfg.block_size} at step {cfg.seq_warmup_iters:,} (the same tokens per update)")
         resumed_val = state.val_loss if ckpt is not None else None  # measured at start_step before the stop
@@ -685,7 +684,7 @@ def train(cfg: TrainConfig) -> dict:
                 state.step, state.elapsed = step, clock.elapsed()
                 lr, last_step, final_update = horizon.at(step, step_times, eval_s)  # max_iters or the clock decides
                 accum_steps, step_tokens, row_len = apply_schedules(step, cfg, raw_model, optimizer, batches, state)
-                if compiled is not raw_model and step == cfg.seq_warmup_iters > start_step:
+                if seq_warmup and compiled is not raw_model and step == cfg.seq_warmup_iters:
                     torch._dynamo.reset()  # the warmup's lengths made the graph dynamic in B and T: full rows static
                 row = {"step": step, "tokens": state.tokens}
                 # evaluate at the start, every eval_interval and after the last update (a resumed run re-evaluates
@@ -741,7 +740,8 @@ def train(cfg: TrainConfig) -> dict:
                 state.tokens += step_tokens
 
                 if step % cfg.log_interval == 0 or final_update:  # the last update too: curves end with the run
-                    mfu = hardware.mfu(flops_per_token(row_len) * step_tokens / dt, env.device, cfg.peak_tflops, env.world_size)
+                    mfu = hardware.mfu(flops_per_token(row_len) * step_tokens / dt, env.device, cfg.peak_tflops,
+                                       env.world_size)
                     mem, mem_kind = hardware.peak_memory(env.device)
                     row.update(loss=last_loss, lr=lr, grad_norm=grad_norm, step_tokens=step_tokens,
                                tok_per_s=step_tokens / dt, mfu=mfu, elapsed=clock.elapsed(), peak_mem_gib=mem)

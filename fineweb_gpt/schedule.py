@@ -73,6 +73,16 @@ def describe_change(step: int, old: ScheduleKeys, new: ScheduleKeys) -> str | No
             f"to {get_lr(step, new):.3g}")
 
 
+MAX_SEQ_RATIO = 64  # block_size/seq_start: 7 lengths at most, each compiled once, under dynamo's recompile limit
+
+
+def seq_start_fits(block_size: int, seq_start: int) -> bool:
+    """Whether a sequence-length warmup can double seq_start up to block_size (block_size/seq_start a power of two,
+    at most MAX_SEQ_RATIO)."""
+    ratio = block_size // seq_start if seq_start else 0
+    return block_size % max(1, seq_start) == 0 and 0 < ratio <= MAX_SEQ_RATIO and ratio & (ratio - 1) == 0
+
+
 def seq_len(step: int, block_size: int, seq_start: int, seq_warmup_iters: int) -> int:
     """The row length at step of a sequence-length warmup: seq_start, doubled at equal intervals so that it
     reaches block_size at step seq_warmup_iters (block_size with no warmup). Powers of two apart, so that a

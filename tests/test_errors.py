@@ -1,6 +1,7 @@
 """Bugs keep their traceback: each script's main() turns a UserError into one line and lets every other
 exception through. One loader for trained models; export publishes its folder whole or not at all."""
 import ast
+import fnmatch
 import importlib
 import inspect
 import json
@@ -36,16 +37,20 @@ SCRIPTS = [train, sample, eval_script, export, plot, bench, prepare, bench_recip
            bench_sample]
 
 
-CODE_FOLDERS = ("fineweb_gpt", "bench", "scripts", "data")
+def written_by_runs(folder: str) -> bool:
+    """A top-level folder that .gitignore names as the runs' output (out-*/, hf-*/, wandb/...): an export holds
+    modeling files that import only beside each other."""
+    with open(os.path.join(ROOT, ".gitignore")) as f:
+        patterns = [line.strip().lstrip("/") for line in f if line.strip().endswith("/")]
+    return any(fnmatch.fnmatch(folder + "/", pattern) for pattern in patterns)
 
 
 def repository_modules() -> list:
-    """Every Python module of the repository but the tests and the config files, imported: the root's and the
-    code folders' (not what runs write beside them, such as an export's modeling files in hf-tiny/)."""
+    """Every Python module of the repository but the tests, the config files and what runs write, imported."""
     modules = []
     for dirpath, dirnames, names in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))
-                       and (dirpath != ROOT or d in CODE_FOLDERS)]
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "__")) and
+                       (dirpath != ROOT or (d not in ("tests", "config") and not written_by_runs(d)))]
         for name in sorted(n for n in names if n.endswith(".py")):
             path = os.path.relpath(os.path.join(dirpath, name), ROOT).replace(os.sep, "/")
             if path.startswith("fineweb_gpt/hf_remote/"):  # copied into exports, imported there beside model.py

@@ -346,6 +346,12 @@ def test_the_flex_attention_summary_is_the_messages_first_line_not_the_compilers
     assert summary == "RuntimeError: out of resource: shared memory, Required: 131072, Hardware limit: 101376"
     assert error.rstrip().endswith("Set TORCHDYNAMO_VERBOSE=1 for the internal stack trace")
 
+    def wrapped_failure():  # dynamo's BackendCompilerFailed: "backend='inductor' raised:", the real error inside
+        from torch._dynamo.exc import BackendCompilerFailed
+        raise BackendCompilerFailed("inductor", ValueError("out of resource: registers"), None)
+    monkeypatch.setattr(model_module, "compiled_flex_attention", wrapped_failure)
+    assert model_module.flex_attention_error("cpu", torch.float32, 2, 16)[0] == "ValueError: out of resource: registers"
+
 
 def test_depth_auto_and_bench_train_their_masked_models_with_dense_masks_where_flex_fails(
         flex_fails_on_a_pretend_gpu, monkeypatch):
